@@ -1,0 +1,15 @@
+//! pgc: a durable task queue in PostgreSQL whose rows carry W3C trace context.
+//!
+//! The library owns all behaviour: connecting ([`db`]), the schema ([`migrate`]),
+//! W3C Trace Context ([`traceparent`]) and enqueueing ([`enqueue`]). The [`cli`] module
+//! is the `pgc` command line and the only code that prints.
+
+pub mod cli;
+pub mod db;
+pub mod enqueue;
+pub mod error;
+pub mod migrate;
+pub mod sql;
+pub mod traceparent;
+
+pub use error::{Error, Result};
