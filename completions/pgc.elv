@@ -1,0 +1,97 @@
+
+use builtin;
+use str;
+
+set edit:completion:arg-completer[pgc] = {|@words|
+    fn spaces {|n|
+        builtin:repeat $n ' ' | str:join ''
+    }
+    fn cand {|text desc|
+        edit:complex-candidate $text &display=$text' '(spaces (- 14 (wcswidth $text)))$desc
+    }
+    var command = 'pgc'
+    for word $words[1..-1] {
+        if (str:has-prefix $word '-') {
+            break
+        }
+        set command = $command';'$word
+    }
+    var completions = [
+        &'pgc'= {
+            cand --database-url 'PostgreSQL URL (postgres://user@host:port/db?sslmode=…) or libpq conninfo string. Without it, the libpq variables PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE and PGSSLROOTCERT apply, with libpq''s defaults'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand -V 'Print version'
+            cand --version 'Print version'
+            cand migrate 'Install or upgrade the pgconductor schema'
+            cand enqueue 'Put a task execution (or a JSON Lines batch of them) into a queue'
+            cand completions 'Print a shell completion script'
+            cand man 'Print the man page, or write every page into a directory'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'pgc;migrate'= {
+            cand --database-url 'PostgreSQL URL (postgres://user@host:port/db?sslmode=…) or libpq conninfo string. Without it, the libpq variables PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE and PGSSLROOTCERT apply, with libpq''s defaults'
+            cand --status 'Show each migration (applied, pending, checksum mismatch) instead of applying'
+            cand --dry-run 'Print the SQL that would run, and change nothing'
+            cand --json 'Print JSON on stdout instead of text'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'pgc;enqueue'= {
+            cand -q 'Queue to put it in (same characters as task names)'
+            cand --queue 'Queue to put it in (same characters as task names)'
+            cand -p 'Payload: JSON text, @FILE to read it from a file, or - for stdin. Default: {}'
+            cand --payload 'Payload: JSON text, @FILE to read it from a file, or - for stdin. Default: {}'
+            cand --run-at 'Run no earlier than this time (RFC 3339, e.g. 2026-01-31T09:30:00Z)'
+            cand --delay 'Run no earlier than this long from now (e.g. 30s, 5m, 1h30m)'
+            cand --priority 'Priority: lower numbers run first (may be negative)'
+            cand --max-attempts 'Attempts before the execution is finished as failed (at least 1)'
+            cand --dedupe-key 'While an unfinished execution of the same queue and task has this key, return its id instead of enqueuing another'
+            cand --traceparent 'W3C traceparent of the caller''s span (overrides TRACEPARENT)'
+            cand --tracestate 'W3C tracestate to carry with --traceparent (overrides TRACESTATE)'
+            cand --batch 'Enqueue every line of a JSON Lines file (- for stdin): objects with "task" and optional "payload", "queue", "priority", "run_at", "dedupe_key", "max_attempts". All-or-nothing unless --commit-every is given'
+            cand --commit-every 'With --batch: commit every N rows instead of once at the end'
+            cand --database-url 'PostgreSQL URL (postgres://user@host:port/db?sslmode=…) or libpq conninfo string. Without it, the libpq variables PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE and PGSSLROOTCERT apply, with libpq''s defaults'
+            cand --json 'Print a JSON object (id, queue, task, traceparent, …) instead of the id alone'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'pgc;completions'= {
+            cand --database-url 'PostgreSQL URL (postgres://user@host:port/db?sslmode=…) or libpq conninfo string. Without it, the libpq variables PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE and PGSSLROOTCERT apply, with libpq''s defaults'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'pgc;man'= {
+            cand --dir 'Write every page into this directory instead of printing pgc.1'
+            cand --database-url 'PostgreSQL URL (postgres://user@host:port/db?sslmode=…) or libpq conninfo string. Without it, the libpq variables PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE and PGSSLROOTCERT apply, with libpq''s defaults'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'pgc;help'= {
+            cand migrate 'Install or upgrade the pgconductor schema'
+            cand enqueue 'Put a task execution (or a JSON Lines batch of them) into a queue'
+            cand completions 'Print a shell completion script'
+            cand man 'Print the man page, or write every page into a directory'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'pgc;help;migrate'= {
+        }
+        &'pgc;help;enqueue'= {
+        }
+        &'pgc;help;completions'= {
+        }
+        &'pgc;help;man'= {
+        }
+        &'pgc;help;help'= {
+        }
+    ]
+    $completions[$command]
+}

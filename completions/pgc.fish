@@ -1,0 +1,67 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_pgc_global_optspecs
+    string join \n database-url= h/help V/version
+end
+
+function __fish_pgc_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_pgc_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_pgc_using_subcommand
+    set -l cmd (__fish_pgc_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c pgc -n "__fish_pgc_needs_command" -l database-url -d 'PostgreSQL URL (postgres://user@host:port/db?sslmode=…) or libpq conninfo string. Without it, the libpq variables PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE and PGSSLROOTCERT apply, with libpq\'s defaults' -r
+complete -c pgc -n "__fish_pgc_needs_command" -s h -l help -d 'Print help'
+complete -c pgc -n "__fish_pgc_needs_command" -s V -l version -d 'Print version'
+complete -c pgc -n "__fish_pgc_needs_command" -f -a "migrate" -d 'Install or upgrade the pgconductor schema'
+complete -c pgc -n "__fish_pgc_needs_command" -f -a "enqueue" -d 'Put a task execution (or a JSON Lines batch of them) into a queue'
+complete -c pgc -n "__fish_pgc_needs_command" -f -a "completions" -d 'Print a shell completion script'
+complete -c pgc -n "__fish_pgc_needs_command" -f -a "man" -d 'Print the man page, or write every page into a directory'
+complete -c pgc -n "__fish_pgc_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c pgc -n "__fish_pgc_using_subcommand migrate" -l database-url -d 'PostgreSQL URL (postgres://user@host:port/db?sslmode=…) or libpq conninfo string. Without it, the libpq variables PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE and PGSSLROOTCERT apply, with libpq\'s defaults' -r
+complete -c pgc -n "__fish_pgc_using_subcommand migrate" -l status -d 'Show each migration (applied, pending, checksum mismatch) instead of applying'
+complete -c pgc -n "__fish_pgc_using_subcommand migrate" -l dry-run -d 'Print the SQL that would run, and change nothing'
+complete -c pgc -n "__fish_pgc_using_subcommand migrate" -l json -d 'Print JSON on stdout instead of text'
+complete -c pgc -n "__fish_pgc_using_subcommand migrate" -s h -l help -d 'Print help'
+complete -c pgc -n "__fish_pgc_using_subcommand migrate" -s V -l version -d 'Print version'
+complete -c pgc -n "__fish_pgc_using_subcommand enqueue" -s q -l queue -d 'Queue to put it in (same characters as task names)' -r
+complete -c pgc -n "__fish_pgc_using_subcommand enqueue" -s p -l payload -d 'Payload: JSON text, @FILE to read it from a file, or - for stdin. Default: {}' -r
+complete -c pgc -n "__fish_pgc_using_subcommand enqueue" -l run-at -d 'Run no earlier than this time (RFC 3339, e.g. 2026-01-31T09:30:00Z)' -r
+complete -c pgc -n "__fish_pgc_using_subcommand enqueue" -l delay -d 'Run no earlier than this long from now (e.g. 30s, 5m, 1h30m)' -r
+complete -c pgc -n "__fish_pgc_using_subcommand enqueue" -l priority -d 'Priority: lower numbers run first (may be negative)' -r
+complete -c pgc -n "__fish_pgc_using_subcommand enqueue" -l max-attempts -d 'Attempts before the execution is finished as failed (at least 1)' -r
+complete -c pgc -n "__fish_pgc_using_subcommand enqueue" -l dedupe-key -d 'While an unfinished execution of the same queue and task has this key, return its id instead of enqueuing another' -r
+complete -c pgc -n "__fish_pgc_using_subcommand enqueue" -l traceparent -d 'W3C traceparent of the caller\'s span (overrides TRACEPARENT)' -r
+complete -c pgc -n "__fish_pgc_using_subcommand enqueue" -l tracestate -d 'W3C tracestate to carry with --traceparent (overrides TRACESTATE)' -r
+complete -c pgc -n "__fish_pgc_using_subcommand enqueue" -l batch -d 'Enqueue every line of a JSON Lines file (- for stdin): objects with "task" and optional "payload", "queue", "priority", "run_at", "dedupe_key", "max_attempts". All-or-nothing unless --commit-every is given' -r
+complete -c pgc -n "__fish_pgc_using_subcommand enqueue" -l commit-every -d 'With --batch: commit every N rows instead of once at the end' -r
+complete -c pgc -n "__fish_pgc_using_subcommand enqueue" -l database-url -d 'PostgreSQL URL (postgres://user@host:port/db?sslmode=…) or libpq conninfo string. Without it, the libpq variables PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE and PGSSLROOTCERT apply, with libpq\'s defaults' -r
+complete -c pgc -n "__fish_pgc_using_subcommand enqueue" -l json -d 'Print a JSON object (id, queue, task, traceparent, …) instead of the id alone'
+complete -c pgc -n "__fish_pgc_using_subcommand enqueue" -s h -l help -d 'Print help'
+complete -c pgc -n "__fish_pgc_using_subcommand enqueue" -s V -l version -d 'Print version'
+complete -c pgc -n "__fish_pgc_using_subcommand completions" -l database-url -d 'PostgreSQL URL (postgres://user@host:port/db?sslmode=…) or libpq conninfo string. Without it, the libpq variables PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE and PGSSLROOTCERT apply, with libpq\'s defaults' -r
+complete -c pgc -n "__fish_pgc_using_subcommand completions" -s h -l help -d 'Print help'
+complete -c pgc -n "__fish_pgc_using_subcommand completions" -s V -l version -d 'Print version'
+complete -c pgc -n "__fish_pgc_using_subcommand man" -l dir -d 'Write every page into this directory instead of printing pgc.1' -r -F
+complete -c pgc -n "__fish_pgc_using_subcommand man" -l database-url -d 'PostgreSQL URL (postgres://user@host:port/db?sslmode=…) or libpq conninfo string. Without it, the libpq variables PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE and PGSSLROOTCERT apply, with libpq\'s defaults' -r
+complete -c pgc -n "__fish_pgc_using_subcommand man" -s h -l help -d 'Print help'
+complete -c pgc -n "__fish_pgc_using_subcommand man" -s V -l version -d 'Print version'
+complete -c pgc -n "__fish_pgc_using_subcommand help; and not __fish_seen_subcommand_from migrate enqueue completions man help" -f -a "migrate" -d 'Install or upgrade the pgconductor schema'
+complete -c pgc -n "__fish_pgc_using_subcommand help; and not __fish_seen_subcommand_from migrate enqueue completions man help" -f -a "enqueue" -d 'Put a task execution (or a JSON Lines batch of them) into a queue'
+complete -c pgc -n "__fish_pgc_using_subcommand help; and not __fish_seen_subcommand_from migrate enqueue completions man help" -f -a "completions" -d 'Print a shell completion script'
+complete -c pgc -n "__fish_pgc_using_subcommand help; and not __fish_seen_subcommand_from migrate enqueue completions man help" -f -a "man" -d 'Print the man page, or write every page into a directory'
+complete -c pgc -n "__fish_pgc_using_subcommand help; and not __fish_seen_subcommand_from migrate enqueue completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -1,0 +1,277 @@
+//! `pgc enqueue`: one execution from flags, or a JSON Lines batch, with trace context
+//! taken from flags or the environment.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use chrono::{DateTime, Utc};
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio::io::{AsyncBufRead, AsyncReadExt, BufReader};
+use uuid::Uuid;
+
+use super::output::{info, warn, write_stdout};
+use super::{GlobalArgs, connect};
+use crate::enqueue::{self, BatchOptions, NewExecution, When};
+use crate::error::Error;
+use crate::migrate;
+use crate::traceparent::Incoming;
+
+/// Put a task execution into a queue and print its id.
+///
+/// The trace context comes from --traceparent/--tracestate, else from the TRACEPARENT
+/// and TRACESTATE environment variables: the execution's producer span becomes a child
+/// of that span in the same trace. Without one, a new trace starts. An invalid
+/// traceparent is reported as a warning and a new trace starts (the W3C rule).
+#[derive(Debug, clap::Args)]
+pub struct EnqueueArgs {
+    /// Task name: 1–128 characters from A–Z a–z 0–9 _ . : -
+    #[arg(required_unless_present = "batch", conflicts_with = "batch")]
+    pub task: Option<String>,
+
+    /// Queue to put it in (same characters as task names).
+    #[arg(short, long, default_value = enqueue::DEFAULT_QUEUE)]
+    pub queue: String,
+
+    /// Payload: JSON text, @FILE to read it from a file, or - for stdin. Default: {}.
+    #[arg(short, long, value_name = "JSON|@FILE|-")]
+    pub payload: Option<String>,
+
+    /// Run no earlier than this time (RFC 3339, e.g. 2026-01-31T09:30:00Z).
+    #[arg(long, value_name = "TIME", value_parser = parse_time, conflicts_with = "delay")]
+    pub run_at: Option<DateTime<Utc>>,
+
+    /// Run no earlier than this long from now (e.g. 30s, 5m, 1h30m).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub delay: Option<Duration>,
+
+    /// Priority: lower numbers run first (may be negative).
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub priority: i32,
+
+    /// Attempts before the execution is finished as failed (at least 1).
+    #[arg(long, default_value_t = enqueue::DEFAULT_MAX_ATTEMPTS, allow_negative_numbers = true,
+          value_parser = clap::value_parser!(i32).range(1..))]
+    pub max_attempts: i32,
+
+    /// While an unfinished execution of the same queue and task has this key, return its
+    /// id instead of enqueuing another.
+    #[arg(long, value_name = "KEY")]
+    pub dedupe_key: Option<String>,
+
+    /// W3C traceparent of the caller's span (overrides TRACEPARENT).
+    #[arg(long, value_name = "TRACEPARENT")]
+    pub traceparent: Option<String>,
+
+    /// W3C tracestate to carry with --traceparent (overrides TRACESTATE).
+    #[arg(long, value_name = "TRACESTATE", requires = "traceparent")]
+    pub tracestate: Option<String>,
+
+    /// Print a JSON object (id, queue, task, traceparent, …) instead of the id alone.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Enqueue every line of a JSON Lines file (- for stdin): objects with "task" and
+    /// optional "payload", "queue", "priority", "run_at", "dedupe_key", "max_attempts".
+    /// All-or-nothing unless --commit-every is given.
+    #[arg(long, value_name = "FILE|-", conflicts_with_all = ["payload", "dedupe_key"])]
+    pub batch: Option<String>,
+
+    /// With --batch: commit every N rows instead of once at the end.
+    #[arg(long, value_name = "N", requires = "batch", value_parser = clap::value_parser!(u64).range(1..))]
+    pub commit_every: Option<u64>,
+}
+
+fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    enqueue::parse_rfc3339(s).map_err(|e| e.to_string())
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("invalid duration {s:?}: {e} (e.g. 30s, 5m, 1h30m)"))
+}
+
+/// The caller's trace context: flags first, else the environment carrier.
+fn incoming(args: &EnqueueArgs) -> Incoming {
+    let (tp, ts) = match &args.traceparent {
+        Some(tp) => (Some(tp.clone()), args.tracestate.clone()),
+        None => (
+            std::env::var("TRACEPARENT").ok(),
+            std::env::var("TRACESTATE").ok(),
+        ),
+    };
+    let source = if args.traceparent.is_some() {
+        "--traceparent"
+    } else {
+        "TRACEPARENT"
+    };
+    let incoming = Incoming::read(tp.as_deref(), ts.as_deref());
+    match &incoming {
+        Incoming::Invalid(e) => warn(&format!(
+            "ignoring invalid {source} ({e}); starting a new trace"
+        )),
+        Incoming::Valid {
+            state_error: Some(e),
+            ..
+        } => warn(&format!(
+            "ignoring invalid tracestate ({e}); keeping the traceparent"
+        )),
+        _ => {}
+    }
+    incoming
+}
+
+/// The enqueuing execution when run inside a task (`PGC_EXECUTION_ID`).
+fn parent_execution_id() -> Option<Uuid> {
+    let raw = std::env::var("PGC_EXECUTION_ID").ok()?;
+    if raw.trim().is_empty() {
+        return None;
+    }
+    match Uuid::parse_str(raw.trim()) {
+        Ok(id) => Some(id),
+        Err(e) => {
+            warn(&format!("ignoring PGC_EXECUTION_ID, not a UUID ({e})"));
+            None
+        }
+    }
+}
+
+fn when(args: &EnqueueArgs) -> When {
+    match (args.run_at, args.delay) {
+        (Some(t), _) => When::At(t),
+        (None, Some(d)) => When::After(d),
+        (None, None) => When::Now,
+    }
+}
+
+/// Reads the payload argument: JSON text, @FILE, or - for stdin.
+async fn read_payload(arg: &str) -> Result<String, Error> {
+    if arg == "-" {
+        let mut text = String::new();
+        tokio::io::stdin()
+            .read_to_string(&mut text)
+            .await
+            .map_err(|e| Error::invalid(format!("could not read the payload from stdin: {e}")))?;
+        Ok(text)
+    } else if let Some(path) = arg.strip_prefix('@') {
+        tokio::fs::read_to_string(path)
+            .await
+            .map_err(|e| Error::invalid(format!("could not read payload file {path}: {e}")))
+    } else {
+        Ok(arg.to_string())
+    }
+}
+
+/// Runs `pgc enqueue`.
+pub async fn run(global: &GlobalArgs, args: EnqueueArgs) -> Result<ExitCode> {
+    enqueue::validate_name("queue name", &args.queue)?;
+    if let Some(batch) = args.batch.clone() {
+        return run_batch(global, &args, &batch).await;
+    }
+    let task = args.task.clone().unwrap_or_default();
+    let payload = match &args.payload {
+        Some(p) => enqueue::validate_payload(&read_payload(p).await?)?.to_string(),
+        None => "{}".to_string(),
+    };
+    let new = NewExecution {
+        task,
+        queue: args.queue.clone(),
+        payload,
+        priority: args.priority,
+        when: when(&args),
+        max_attempts: args.max_attempts,
+        dedupe_key: args.dedupe_key.clone(),
+        parent_execution_id: parent_execution_id(),
+    };
+    // Everything the user gave is checked before the database is touched.
+    new.validate()?;
+    let ctx = incoming(&args).child();
+    let client = connect(global).await?;
+    migrate::check_schema(&client).await?;
+    let done = enqueue::enqueue(&client, &new, &ctx).await?;
+    if args.json {
+        write_stdout(&format!("{}\n", serde_json::to_string(&done)?))?;
+    } else {
+        write_stdout(&format!("{}\n", done.id))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_batch(global: &GlobalArgs, args: &EnqueueArgs, source: &str) -> Result<ExitCode> {
+    let (input, size): (Box<dyn AsyncBufRead + Unpin + Send>, Option<u64>) = if source == "-" {
+        (
+            Box::new(BufReader::with_capacity(1 << 20, tokio::io::stdin())),
+            None,
+        )
+    } else {
+        let file = tokio::fs::File::open(source)
+            .await
+            .map_err(|e| Error::invalid(format!("could not open batch file {source}: {e}")))?;
+        let size = file.metadata().await.ok().map(|m| m.len());
+        (Box::new(BufReader::with_capacity(1 << 20, file)), size)
+    };
+    let opts = BatchOptions {
+        queue: args.queue.clone(),
+        priority: args.priority,
+        max_attempts: args.max_attempts,
+        when: when(args),
+        parent_execution_id: parent_execution_id(),
+        incoming: incoming(args),
+        commit_every: args.commit_every,
+    };
+    let mut client = connect(global).await?;
+    migrate::check_schema(&client).await?;
+
+    let bar = progress_bar(size);
+    let started = Instant::now();
+    let outcome = enqueue::batch(&mut client, input, &opts, &mut |p| match size {
+        Some(_) => {
+            bar.set_position(p.bytes);
+            bar.set_message(format!("{} rows", p.rows));
+        }
+        None => bar.set_position(p.rows),
+    })
+    .await;
+    bar.finish_and_clear();
+    let summary = outcome
+        .with_context(|| format!("batch {source}: nothing was written"))
+        .map_err(|e| {
+            // With --commit-every, earlier chunks were committed: say so instead.
+            if args.commit_every.is_some() {
+                e.context("earlier chunks of --commit-every were committed")
+            } else {
+                e
+            }
+        })?;
+    let secs = started.elapsed().as_secs_f64();
+    if args.json {
+        write_stdout(&format!("{}\n", serde_json::to_string(&summary)?))?;
+    }
+    let rate = if secs > 0.0 {
+        summary.enqueued as f64 / secs
+    } else {
+        0.0
+    };
+    info(&format!(
+        "enqueued {} executions ({} deduplicated) in {:.2}s, {:.0} rows/s",
+        summary.enqueued, summary.deduplicated, secs, rate
+    ));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn progress_bar(size: Option<u64>) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    match size {
+        Some(len) => ProgressBar::new(len).with_style(
+            ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {msg} {elapsed}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ),
+        None => ProgressBar::new_spinner().with_style(
+            ProgressStyle::with_template("{spinner} {pos} rows {elapsed}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        ),
+    }
+}

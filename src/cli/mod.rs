@@ -1,0 +1,146 @@
+//! The command line: clap definitions, one module per subcommand, and the only code
+//! that prints. Data goes to stdout; progress, warnings and errors go to stderr.
+//!
+//! Nothing connects to the database before dispatch, so `--help`, `completions` and
+//! `man` work without one. Exit codes are decided in one place, [`main`]: 0 success,
+//! 1 failure, 2 bad input or usage; a closed stdout (`| head`) is a quiet 0.
+
+mod docs;
+mod enqueue;
+mod migrate;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::db::ConnectOptions;
+use crate::error::Error;
+
+pub use output::{warn, write_stdout};
+
+/// A durable PostgreSQL task queue whose rows carry OpenTelemetry trace context.
+#[derive(Debug, Parser)]
+#[command(name = "pgc", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every subcommand takes.
+#[derive(Debug, clap::Args)]
+pub struct GlobalArgs {
+    /// PostgreSQL URL (postgres://user@host:port/db?sslmode=…) or libpq conninfo string.
+    /// Without it, the libpq variables PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE,
+    /// PGSSLMODE and PGSSLROOTCERT apply, with libpq's defaults.
+    #[arg(
+        long,
+        global = true,
+        env = "DATABASE_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub database_url: Option<String>,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Install or upgrade the pgconductor schema.
+    Migrate(migrate::MigrateArgs),
+    /// Put a task execution (or a JSON Lines batch of them) into a queue.
+    Enqueue(enqueue::EnqueueArgs),
+    /// Print a shell completion script.
+    Completions(docs::CompletionsArgs),
+    /// Print the man page, or write every page into a directory.
+    Man(docs::ManArgs),
+}
+
+/// Runs pgc with the process's arguments and returns its exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e),
+    };
+    let outcome = match cli.command {
+        Command::Completions(args) => docs::completions(&args),
+        Command::Man(args) => docs::man(&args),
+        Command::Migrate(args) => with_runtime(|| migrate::run(&cli.global, args)),
+        Command::Enqueue(args) => with_runtime(|| enqueue::run(&cli.global, args)),
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(e) => report(&e),
+    }
+}
+
+/// Help and version go to stdout (exit 0); a usage error is one line on stderr, exit 2.
+fn usage_error(e: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = e.print();
+            ExitCode::SUCCESS
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            ExitCode::from(2)
+        }
+        _ => {
+            // clap's first paragraph is the message; usage and tips follow it.
+            let text = e.render().to_string();
+            let message = text
+                .split("\n\n")
+                .next()
+                .unwrap_or_default()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            let message = message.strip_prefix("error: ").unwrap_or(&message);
+            output::error_line(&format!("{message} (see pgc --help)"));
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Builds a single-threaded runtime and runs the command on it: a CLI command waits on
+/// one database connection at a time, and a small runtime starts fastest.
+fn with_runtime<F, Fut>(f: F) -> anyhow::Result<ExitCode>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<ExitCode>>,
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("could not start the async runtime: {e}"))?;
+    rt.block_on(f())
+}
+
+/// Prints an error as one line and picks the exit code.
+fn report(e: &anyhow::Error) -> ExitCode {
+    if output::is_broken_pipe(e) {
+        return ExitCode::SUCCESS;
+    }
+    let code = e
+        .chain()
+        .find_map(|c| c.downcast_ref::<Error>())
+        .map_or(1, Error::exit_code);
+    // One line: the outermost context and the causes after it, joined.
+    let text = e
+        .chain()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(": ");
+    output::error_line(&text);
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+/// Connects with the global flags' settings.
+async fn connect(global: &GlobalArgs) -> Result<tokio_postgres::Client, Error> {
+    let opts = ConnectOptions::resolve(global.database_url.as_deref())?;
+    Ok(opts.connect().await?)
+}

@@ -1,0 +1,41 @@
+//! Writing to the terminal: stdout for data, stderr for warnings and errors, and the
+//! broken-pipe rule (a reader that went away is not an error).
+
+use std::io::{self, Write};
+
+/// Writes `text` to stdout and flushes it.
+pub fn write_stdout(text: &str) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()
+}
+
+/// Prints `pgc: warning: …` on stderr.
+pub fn warn(text: &str) {
+    eprintln!("pgc: warning: {text}");
+}
+
+/// Prints `pgc: …` on stderr (information, not data).
+pub fn info(text: &str) {
+    eprintln!("pgc: {text}");
+}
+
+/// Prints `pgc: error: …` on stderr.
+pub fn error_line(text: &str) {
+    eprintln!("pgc: error: {}", text.replace('\n', " "));
+}
+
+/// True when the error is stdout's reader having gone away.
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// True when stdout is a terminal and `NO_COLOR` is unset: use box-drawing characters
+/// and colour. Otherwise plain ASCII.
+pub fn fancy() -> bool {
+    use std::io::IsTerminal;
+    io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
