@@ -21,8 +21,8 @@ use tokio_postgres::{Client, GenericClient};
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
-use crate::sql;
 use crate::traceparent::{Incoming, ProducerContext, TraceParent, TraceState};
+use crate::{jsonb, sql};
 
 /// The queue used when none is named.
 pub const DEFAULT_QUEUE: &str = "default";
@@ -83,34 +83,26 @@ pub fn validate_max_attempts(n: i32) -> Result<()> {
 }
 
 /// Checks that `text` is one JSON value PostgreSQL's `jsonb` accepts, and returns it
-/// trimmed. (`jsonb` refuses `\u0000` in strings, which JSON allows.)
+/// trimmed (see [`crate::jsonb::check`] for what `jsonb` refuses that JSON allows).
 pub fn validate_payload(text: &str) -> Result<&str> {
     let raw: &RawValue = serde_json::from_str(text)
         .map_err(|e| Error::invalid(format!("payload is not valid JSON: {e}")))?;
-    check_jsonb(raw)?;
+    jsonb::check(raw.get()).map_err(|e| Error::invalid(format!("payload {e}")))?;
     Ok(raw.get())
 }
 
-fn check_jsonb(raw: &RawValue) -> Result<()> {
-    // Cheap pre-check: only text with the escape can hold a NUL.
-    if raw.get().contains("\\u0000") {
-        let value: serde_json::Value = serde_json::from_str(raw.get())
-            .map_err(|e| Error::invalid(format!("payload is not valid JSON: {e}")))?;
-        if holds_nul(&value) {
-            return Err(Error::invalid(
-                "payload contains \\u0000, which PostgreSQL jsonb cannot store",
-            ));
-        }
-    }
-    Ok(())
-}
+/// Longest `--delay` accepted: 1000 years (PostgreSQL's and chrono's calendars end far
+/// later, but a longer delay is surely a mistake).
+pub const MAX_DELAY: Duration = Duration::from_secs(1000 * 365 * 24 * 3600);
 
-fn holds_nul(v: &serde_json::Value) -> bool {
-    match v {
-        serde_json::Value::String(s) => s.contains('\0'),
-        serde_json::Value::Array(a) => a.iter().any(holds_nul),
-        serde_json::Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
-        _ => false,
+/// Checks a due time: a delay of at most [`MAX_DELAY`].
+pub fn validate_when(when: When) -> Result<()> {
+    match when {
+        When::After(d) if d > MAX_DELAY => Err(Error::invalid(format!(
+            "delay {} is longer than the limit of 1000 years",
+            humantime::format_duration(d)
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -168,6 +160,7 @@ impl NewExecution {
         validate_name("queue name", &self.queue)?;
         validate_payload(&self.payload)?;
         validate_max_attempts(self.max_attempts)?;
+        validate_when(self.when)?;
         if let Some(k) = &self.dedupe_key {
             validate_dedupe_key(k)?;
         }
@@ -319,7 +312,7 @@ pub async fn enqueue<C: GenericClient>(
             });
         }
     }
-    Err(Error::invalid(format!(
+    Err(Error::Contended(format!(
         "dedupe key {:?} kept changing hands; try again",
         new.dedupe_key.as_deref().unwrap_or_default()
     )))
@@ -387,7 +380,9 @@ pub struct Progress {
 struct Line<'a> {
     #[serde(borrow)]
     task: Cow<'a, str>,
-    #[serde(borrow, default)]
+    // `"payload": null` stores JSON null, as `--payload null` does; only a missing
+    // payload becomes `{}`.
+    #[serde(borrow, default, deserialize_with = "present")]
     payload: Option<&'a RawValue>,
     #[serde(borrow, default)]
     queue: Option<Cow<'a, str>>,
@@ -399,6 +394,13 @@ struct Line<'a> {
     dedupe_key: Option<Cow<'a, str>>,
     #[serde(default)]
     max_attempts: Option<i32>,
+}
+
+fn present<'de, D>(d: D) -> std::result::Result<Option<&'de RawValue>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    <&'de RawValue>::deserialize(d).map(Some)
 }
 
 const COPY_TYPES: [Type; 10] = [
@@ -427,13 +429,54 @@ const PROGRESS_EVERY: u64 = 10_000;
 /// number, and the transaction is rolled back.
 pub async fn batch<R: AsyncBufRead + Unpin>(
     client: &mut Client,
+    input: R,
+    opts: &BatchOptions,
+    progress: &mut dyn FnMut(Progress),
+) -> std::result::Result<BatchSummary, BatchFailure> {
+    let mut summary = BatchSummary::default();
+    let mut state = Committed::default();
+    match run_batch(client, input, opts, progress, &mut summary, &mut state).await {
+        Ok(()) => Ok(summary),
+        Err(error) => Err(BatchFailure {
+            error,
+            committed: state.rows,
+            commit_uncertain: state.uncertain,
+        }),
+    }
+}
+
+/// Why a batch stopped, and what it had committed by then.
+#[derive(Debug)]
+pub struct BatchFailure {
+    /// What went wrong.
+    pub error: Error,
+    /// Rows committed before it (only ever non-zero with `commit_every`).
+    pub committed: u64,
+    /// The connection broke during a commit: the last chunk may or may not be written.
+    pub commit_uncertain: bool,
+}
+
+#[derive(Default)]
+struct Committed {
+    rows: u64,
+    uncertain: bool,
+}
+
+/// Distinct queues a transaction remembers before sending their notifications early
+/// (PostgreSQL folds repeats within a transaction), so memory stays bounded.
+const MAX_PENDING_QUEUES: usize = 1000;
+
+async fn run_batch<R: AsyncBufRead + Unpin>(
+    client: &mut Client,
     mut input: R,
     opts: &BatchOptions,
     progress: &mut dyn FnMut(Progress),
-) -> Result<BatchSummary> {
+    summary: &mut BatchSummary,
+    committed: &mut Committed,
+) -> Result<()> {
     validate_name("queue name", &opts.queue)?;
     validate_max_attempts(opts.max_attempts)?;
-    let mut summary = BatchSummary::default();
+    validate_when(opts.when)?;
     let mut buf = Vec::with_capacity(4096);
     let mut eof = false;
     let commit_every = opts.commit_every.unwrap_or(u64::MAX).max(1);
@@ -443,20 +486,22 @@ pub async fn batch<R: AsyncBufRead + Unpin>(
         let default_run_at = match opts.when {
             When::Now => now,
             When::At(t) => t,
-            When::After(d) => now + chrono::Duration::from_std(d).unwrap_or(chrono::TimeDelta::MAX),
+            When::After(d) => chrono::Duration::from_std(d)
+                .ok()
+                .and_then(|d| now.checked_add_signed(d))
+                .ok_or_else(|| Error::invalid("delay reaches past the end of the calendar"))?,
         };
         let mut copy: Option<Pin<Box<BinaryCopyInWriter>>> = None;
         let mut queues: BTreeSet<String> = BTreeSet::new();
         let mut in_tx = 0u64;
-        loop {
-            if in_tx >= commit_every {
-                break;
-            }
+        while in_tx < commit_every {
             buf.clear();
-            let n = input
-                .read_until(b'\n', &mut buf)
-                .await
-                .map_err(|e| Error::io(format!("reading line {}", summary.lines + 1), e))?;
+            let n = input.read_until(b'\n', &mut buf).await.map_err(|e| {
+                Error::invalid(format!(
+                    "could not read the batch input at line {}: {e}",
+                    summary.lines + 1
+                ))
+            })?;
             if n == 0 {
                 eof = true;
                 break;
@@ -464,8 +509,11 @@ pub async fn batch<R: AsyncBufRead + Unpin>(
             summary.lines += 1;
             summary.bytes += n as u64;
             let line_no = summary.lines;
-            let text = std::str::from_utf8(&buf)
+            let mut text = std::str::from_utf8(&buf)
                 .map_err(|_| Error::invalid(format!("line {line_no}: not valid UTF-8")))?;
+            if line_no == 1 {
+                text = text.strip_prefix('\u{feff}').unwrap_or(text); // a UTF-8 byte order mark
+            }
             if text.trim().is_empty() {
                 continue;
             }
@@ -474,6 +522,10 @@ pub async fn batch<R: AsyncBufRead + Unpin>(
             let trace_context = trace_context_json(&ctx.traceparent, &ctx.tracestate);
             let parent_span_id = ctx.parent_span_id.map(|s| s.to_string());
             if !queues.contains(row.queue.as_ref()) {
+                if queues.len() >= MAX_PENDING_QUEUES {
+                    let list: Vec<String> = std::mem::take(&mut queues).into_iter().collect();
+                    tx.execute(sql::NOTIFY_QUEUES, &[&list]).await?;
+                }
                 queues.insert(row.queue.to_string());
             }
             if let Some(key) = &row.dedupe_key {
@@ -544,13 +596,17 @@ pub async fn batch<R: AsyncBufRead + Unpin>(
             let list: Vec<String> = queues.into_iter().collect();
             tx.execute(sql::NOTIFY_QUEUES, &[&list]).await?;
         }
-        tx.commit().await?;
+        if let Err(e) = tx.commit().await {
+            committed.uncertain = e.is_closed();
+            return Err(e.into());
+        }
+        committed.rows = summary.enqueued;
     }
     progress(Progress {
         rows: summary.enqueued + summary.deduplicated,
         bytes: summary.bytes,
     });
-    Ok(summary)
+    Ok(())
 }
 
 struct Row<'a> {
@@ -582,7 +638,8 @@ fn parse_line<'a>(
     };
     let payload = match line.payload {
         Some(p) => {
-            check_jsonb(p).map_err(at)?;
+            jsonb::check(p.get())
+                .map_err(|e| Error::invalid(format!("line {line_no}: payload {e}")))?;
             p.get()
         }
         None => "{}",

@@ -60,6 +60,10 @@ pub enum Error {
     #[error("no execution with id {0}")]
     NotFound(uuid::Uuid),
 
+    /// The database kept changing under a retried operation (a race lost several times).
+    #[error("{0}")]
+    Contended(String),
+
     /// Reading a file or a stream failed.
     #[error("{context}: {source}")]
     Io {
@@ -71,10 +75,17 @@ pub enum Error {
 }
 
 impl Error {
-    /// The process exit code for this error: 2 for bad input, 1 for everything else.
+    /// The process exit code for this error: 2 for bad input (including malformed
+    /// connection settings), 1 for everything else.
     pub fn exit_code(&self) -> i32 {
+        use crate::db::ConnectError;
         match self {
-            Error::Invalid(_) => 2,
+            Error::Invalid(_)
+            | Error::Connect(
+                ConnectError::InvalidUrl(_)
+                | ConnectError::InvalidEnv { .. }
+                | ConnectError::InvalidSettings(_),
+            ) => 2,
             _ => 1,
         }
     }

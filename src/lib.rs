@@ -8,6 +8,7 @@ pub mod cli;
 pub mod db;
 pub mod enqueue;
 pub mod error;
+pub mod jsonb;
 pub mod migrate;
 pub mod sql;
 pub mod traceparent;

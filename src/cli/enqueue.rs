@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use chrono::{DateTime, Utc};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::io::{AsyncBufRead, AsyncReadExt, BufReader};
@@ -88,8 +88,10 @@ fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| format!("invalid duration {s:?}: {e} (e.g. 30s, 5m, 1h30m)"))
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("invalid duration {s:?}: {e} (e.g. 30s, 5m, 1h30m)"))?;
+    enqueue::validate_when(When::After(d)).map_err(|e| e.to_string())?;
+    Ok(d)
 }
 
 /// The caller's trace context: flags first, else the environment carrier.
@@ -234,16 +236,19 @@ async fn run_batch(global: &GlobalArgs, args: &EnqueueArgs, source: &str) -> Res
     })
     .await;
     bar.finish_and_clear();
-    let summary = outcome
-        .with_context(|| format!("batch {source}: nothing was written"))
-        .map_err(|e| {
-            // With --commit-every, earlier chunks were committed: say so instead.
-            if args.commit_every.is_some() {
-                e.context("earlier chunks of --commit-every were committed")
-            } else {
-                e
-            }
-        })?;
+    let summary = outcome.map_err(|f| {
+        let what = if f.commit_uncertain {
+            format!(
+                "batch {source}: the connection broke during a commit, so the last chunk may or may not be written ({} rows committed before it)",
+                f.committed
+            )
+        } else if f.committed > 0 {
+            format!("batch {source}: stopped after committing {} rows", f.committed)
+        } else {
+            format!("batch {source}: nothing was written")
+        };
+        anyhow::Error::new(f.error).context(what)
+    })?;
     let secs = started.elapsed().as_secs_f64();
     if args.json {
         write_stdout(&format!("{}\n", serde_json::to_string(&summary)?))?;

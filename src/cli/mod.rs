@@ -129,12 +129,16 @@ fn report(e: &anyhow::Error) -> ExitCode {
         .chain()
         .find_map(|c| c.downcast_ref::<Error>())
         .map_or(1, Error::exit_code);
-    // One line: the outermost context and the causes after it, joined.
-    let text = e
-        .chain()
-        .map(|c| c.to_string())
-        .collect::<Vec<_>>()
-        .join(": ");
+    // One line: the contexts, then the library error, whose message is complete (its
+    // own sources would only repeat it).
+    let mut parts = Vec::new();
+    for c in e.chain() {
+        parts.push(c.to_string());
+        if c.downcast_ref::<Error>().is_some() {
+            break;
+        }
+    }
+    let text = parts.join(": ");
     output::error_line(&text);
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

@@ -3,11 +3,19 @@
 
 use std::io::{self, Write};
 
+/// Stdout's reader went away (`pgc … | head -1`): not an error, exit 0 quietly.
+#[derive(Debug, thiserror::Error)]
+#[error("stdout was closed")]
+pub struct StdoutClosed;
+
 /// Writes `text` to stdout and flushes it.
-pub fn write_stdout(text: &str) -> io::Result<()> {
+pub fn write_stdout(text: &str) -> anyhow::Result<()> {
     let mut out = io::stdout().lock();
-    out.write_all(text.as_bytes())?;
-    out.flush()
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Err(StdoutClosed.into()),
+        Err(e) => Err(anyhow::Error::new(e).context("writing to stdout")),
+        Ok(()) => Ok(()),
+    }
 }
 
 /// Prints `pgc: warning: …` on stderr.
@@ -27,10 +35,7 @@ pub fn error_line(text: &str) {
 
 /// True when the error is stdout's reader having gone away.
 pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.downcast_ref::<io::Error>()
-            .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
-    })
+    e.downcast_ref::<StdoutClosed>().is_some()
 }
 
 /// True when stdout is a terminal and `NO_COLOR` is unset: use box-drawing characters

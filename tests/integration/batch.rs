@@ -226,7 +226,11 @@ async fn commit_every_keeps_the_chunks_before_a_bad_line() {
     );
     assert_eq!(out.code, 2);
     assert!(out.stderr.contains("line 4"), "{}", out.stderr);
-    assert!(out.stderr.contains("earlier chunks"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("stopped after committing 2 rows"),
+        "{}",
+        out.stderr
+    );
     assert_eq!(rows(&db).await.len(), 2);
 }
 
@@ -244,4 +248,101 @@ async fn an_unreadable_batch_file_is_bad_input() {
         "{}",
         out.stderr
     );
+}
+
+#[tokio::test]
+async fn crlf_line_endings_a_byte_order_mark_and_null_payloads_are_read() {
+    let db = TestDb::migrated().await;
+    let input = "\u{feff}{\"task\":\"a\",\"payload\":null}\r\n\r\n{\"task\":\"b\"}\r\n";
+    let out = run_with_stdin(
+        &mut db.pgc(),
+        &["enqueue", "--batch", "-"],
+        input.as_bytes(),
+    );
+    out.ok();
+    let rows = rows(&db).await;
+    assert_eq!(rows.len(), 2);
+    let a = rows.iter().find(|r| r.1 == "a").unwrap();
+    assert_eq!(
+        a.2,
+        Value::Null,
+        "an explicit null payload is stored as null"
+    );
+    let b = rows.iter().find(|r| r.1 == "b").unwrap();
+    assert_eq!(b.2, serde_json::json!({}));
+}
+
+#[tokio::test]
+async fn payloads_jsonb_refuses_are_bad_input_with_their_line() {
+    let db = TestDb::migrated().await;
+    for (bad, needle) in [
+        (r#"{"task":"t","payload":"\u0000"}"#, "\\u0000"),
+        (r#"{"task":"t","payload":"\udc00"}"#, "surrogate"),
+        (r#"{"task":"t","payload":1e99999}"#, "numeric"),
+    ] {
+        let input = format!("{{\"task\":\"ok\"}}\n{bad}\n");
+        let out = run_with_stdin(
+            &mut db.pgc(),
+            &["enqueue", "--batch", "-"],
+            input.as_bytes(),
+        );
+        assert_eq!(out.code, 2, "{bad}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("line 2: payload"),
+            "{bad}: {}",
+            out.stderr
+        );
+        assert!(out.stderr.contains(needle), "{bad}: {}", out.stderr);
+    }
+    assert_eq!(rows(&db).await.len(), 0);
+}
+
+#[tokio::test]
+async fn a_server_error_mid_batch_exits_1_and_rolls_everything_back() {
+    let db = TestDb::migrated().await;
+    // A trigger stands in for anything the server can refuse halfway through.
+    db.client()
+        .await
+        .batch_execute(
+            "create function pg_temp_refuse() returns trigger language plpgsql as $$
+             begin
+               if new.task_key = 'boom' then raise exception 'refused by a test trigger'; end if;
+               return new;
+             end $$;
+             create trigger refuse before insert on pgconductor._private_executions
+               for each row execute function pg_temp_refuse();",
+        )
+        .await
+        .unwrap();
+    let mut input = String::new();
+    for _ in 0..1000 {
+        input.push_str("{\"task\":\"fine\"}\n");
+    }
+    input.push_str("{\"task\":\"boom\"}\n");
+    let out = run_with_stdin(
+        &mut db.pgc(),
+        &["enqueue", "--batch", "-"],
+        input.as_bytes(),
+    );
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    assert!(out.stderr.contains("nothing was written"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("refused by a test trigger"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(rows(&db).await.len(), 0);
+}
+
+#[tokio::test]
+async fn a_delay_past_the_limit_is_bad_input() {
+    let db = TestDb::migrated().await;
+    let out = run_with_stdin(
+        &mut db.pgc(),
+        &["enqueue", "--batch", "-", "--delay", "300000y"],
+        b"{\"task\":\"t\"}\n",
+    );
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("1000 years"), "{}", out.stderr);
 }

@@ -427,6 +427,16 @@ async fn bad_input_exits_2_with_one_line_and_writes_nothing() {
             &["enqueue", "t", "--payload", r#"{"a":"\u0000"}"#],
             "\\u0000",
         ),
+        (
+            &["enqueue", "t", "--payload", r#"{"a":"\ud800"}"#],
+            "surrogate",
+        ),
+        (&["enqueue", "t", "--payload", "[1e1000000]"], "numeric"),
+        (
+            &["enqueue", "t", "--delay", "300000y"],
+            "limit of 1000 years",
+        ),
+        (&["enqueue", "t", "--dedupe-key", ""], "dedupe key is empty"),
         (&["enqueue"], "required"),
     ];
     for (args, needle) in cases {
@@ -462,11 +472,106 @@ async fn enqueue_notifies_its_queue_in_the_same_transaction() {
         .batch_execute("listen pgconductor_enqueued")
         .await
         .unwrap();
-    run(&mut db.pgc(), &["enqueue", "t", "--queue", "reports"]).ok();
+    let out = run(
+        db.pgc().env("TRACEPARENT", CALLER),
+        &["enqueue", "t", "--queue", "reports"],
+    );
+    let id = Uuid::parse_str(out.ok().stdout.trim()).unwrap();
     let (channel, payload) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
         .await
         .expect("no notification within 10 s")
         .unwrap();
     assert_eq!(channel, "pgconductor_enqueued");
     assert_eq!(payload, "reports");
+    // A listener woken by it finds the row with its trace context.
+    let tc: Value = client
+        .query_one(
+            "select trace_context from pgconductor._private_executions where id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        tc["traceparent"]
+            .as_str()
+            .unwrap()
+            .starts_with("00-0af7651916cd43dd8448eb211c80319c-")
+    );
+
+    // A batch notifies every queue it wrote to.
+    let input = "{\"task\":\"a\",\"queue\":\"q1\"}\n{\"task\":\"b\",\"queue\":\"q2\"}\n{\"task\":\"c\",\"queue\":\"q1\"}\n";
+    run_with_stdin(
+        &mut db.pgc(),
+        &["enqueue", "--batch", "-"],
+        input.as_bytes(),
+    )
+    .ok();
+    let mut queues = Vec::new();
+    for _ in 0..2 {
+        let (_, q) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("a batch notification is missing")
+            .unwrap();
+        queues.push(q);
+    }
+    queues.sort();
+    assert_eq!(queues, ["q1", "q2"]);
+}
+
+#[tokio::test]
+async fn an_invalid_traceparent_flag_warns_and_starts_a_new_trace() {
+    let db = TestDb::migrated().await;
+    let out = run(
+        db.pgc().env("TRACEPARENT", CALLER),
+        &[
+            "enqueue",
+            "t",
+            "--traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+        ],
+    );
+    out.ok();
+    assert!(
+        out.stderr
+            .starts_with("pgc: warning: ignoring invalid --traceparent"),
+        "{}",
+        out.stderr
+    );
+    let row = stored(&db, &out.stdout).await;
+    assert_eq!(
+        row.parent_span_id, None,
+        "the environment must not be used instead"
+    );
+    assert_ne!(
+        parts(&row.trace_context["traceparent"])[1],
+        "0af7651916cd43dd8448eb211c80319c"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_enqueues_with_one_dedupe_key_store_one_execution() {
+    let db = TestDb::migrated().await;
+    let children: Vec<_> = (0..8)
+        .map(|_| {
+            db.pgc()
+                .args(["enqueue", "t", "--dedupe-key", "same"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut ids = std::collections::HashSet::new();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ids.insert(String::from_utf8(out.stdout).unwrap());
+    }
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert_eq!(count(&db).await, 1);
 }
