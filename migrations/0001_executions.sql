@@ -69,11 +69,12 @@ create index _private_executions_lease
 -- The seed's lookup by carrier, which also finds every execution of one trace without
 -- a scan: pgc always stores version-00 traceparents ("00-<trace id>-<span id>-<flags>"),
 -- so one trace is the key range from '00-<trace id>-' up to '00-<trace id>.' ('.' sorts
--- right after '-'). The "C" collation makes that range byte-ordered on every database and
--- keeps comparisons cheap; a second index on the trace id alone would cost bulk enqueue
--- about a tenth of its speed for nothing this one cannot do.
+-- right after '-'). text_pattern_ops compares bytes, so that range holds whatever the
+-- database's collation, comparisons stay cheap, and plain `=` lookups (the seed's query)
+-- use the index too. A second index on the trace id alone cost bulk enqueue about a
+-- tenth of its speed for nothing this one cannot do.
 create index _private_executions_traceparent
-    on pgconductor._private_executions (((trace_context ->> 'traceparent') collate "C"));
+    on pgconductor._private_executions ((trace_context ->> 'traceparent') text_pattern_ops);
 
 -- Children of an execution (trace trees, cancellation).
 create index _private_executions_parent

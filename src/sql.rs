@@ -87,17 +87,17 @@ pub const NOTIFY_QUEUES: &str =
 
 /// Every execution of one trace, through the traceparent index: `$1` is
 /// `'00-<trace id>-'` and `$2` is `'00-<trace id>.'` (see [`trace_id_range`]).
-pub const EXECUTIONS_OF_TRACE: &str = r#"
+pub const EXECUTIONS_OF_TRACE: &str = "
 select id
 from pgconductor._private_executions
-where (trace_context ->> 'traceparent') collate "C" >= $1
-  and (trace_context ->> 'traceparent') collate "C" < $2"#;
+where (trace_context ->> 'traceparent') ~>=~ $1
+  and (trace_context ->> 'traceparent') ~<~ $2";
 
 /// The execution whose producer span has this traceparent (the seed's lookup).
-pub const EXECUTION_BY_TRACEPARENT: &str = r#"
+pub const EXECUTION_BY_TRACEPARENT: &str = "
 select id
 from pgconductor._private_executions
-where (trace_context ->> 'traceparent') collate "C" = $1"#;
+where trace_context ->> 'traceparent' = $1";
 
 /// The bounds [`EXECUTIONS_OF_TRACE`] takes for a trace id (32 lower-case hex digits):
 /// every version-00 traceparent of that trace sorts between them.
