@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# Bulk enqueue: `pgc enqueue --batch` of N trivial JSON Lines rows, next to the SQL floor
-# of the same row shape into the same table (same indexes, same trace_context shape),
-# measured in one run. Usage: bench/batch-enqueue.sh [N] [RUNS]   (default 1000000 3)
-# Prints one line per run and the best of each.
+# Bulk enqueue: `pgc enqueue --batch` of N trivial JSON Lines rows, measured in one run
+# next to two SQL floors (one INSERT … SELECT generate_series each):
+#   floor_same:   the same columns, payload and trace_context shape into the same table
+#                 (pgc's schema, all its indexes);
+#   floor_simple: the table and insert of shared/bench/sql-floor.sh (a bigserial key, one
+#                 claim index, one constant trace_context).
+# With TRACEPARENT set in the environment, pgc puts every row into that trace.
+# Usage: bench/batch-enqueue.sh [N] [RUNS]   (default 1000000 3). Prints one line per run
+# and the best of each.
 source "$(dirname "$0")/common.sh"
 N=${1:-1000000}; RUNS=${2:-3}
 build_release
@@ -24,7 +29,19 @@ select ('00000000-0000-7000-8000-' || lpad(to_hex(i), 12, '0'))::uuid, 'default'
        jsonb_build_object('traceparent', '00-' || lpad(to_hex(i), 12, '0') || substr(h, 1, 20) || '-' || substr(h, 17, 16) || '-01')
 from generate_series(1, $N) i, lateral md5(i::text) h"
 
-best_pgc=0; best_floor=0
+simple_sql="drop table if exists floor_jobs;
+create table floor_jobs(id bigserial primary key, queue text not null, task_key text not null,
+  payload jsonb, status text not null default 'pending', priority int not null default 0,
+  run_at timestamptz not null default now(), attempts int not null default 0, locked_by text,
+  locked_until timestamptz, trace_context jsonb, result jsonb, finished_at timestamptz);
+create index on floor_jobs(queue, priority, run_at, id) where status = 'pending';
+checkpoint;"
+simple_insert="insert into floor_jobs(queue, task_key, payload, trace_context)
+  select 'default', 'noop', jsonb_build_object('id', i),
+         jsonb_build_object('traceparent', '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01')
+  from generate_series(1, $N) i"
+
+best_pgc=0; best_floor=0; best_simple=0
 for run in $(seq "$RUNS"); do
   fresh_db
   psql "$BENCH_URL" -X -q -c checkpoint
@@ -37,8 +54,15 @@ for run in $(seq "$RUNS"); do
   psql "$BENCH_URL" -X -q -c checkpoint
   t0=$(now); psql "$BENCH_URL" -X -q -v ON_ERROR_STOP=1 -c "$floor_sql"; t1=$(now)
   floor_rate=$(echo "$N/($t1-$t0)" | bc)
-  echo "run $run: pgc_batch_rows_per_s=$pgc_rate floor_rows_per_s=$floor_rate ratio=$(echo "scale=2; $pgc_rate/$floor_rate" | bc)"
+
+  psql "$BENCH_URL" -X -q -v ON_ERROR_STOP=1 -c "set client_min_messages = warning" -c "$simple_sql"
+  t0=$(now); psql "$BENCH_URL" -X -q -v ON_ERROR_STOP=1 -c "$simple_insert"; t1=$(now)
+  simple_rate=$(echo "$N/($t1-$t0)" | bc)
+  echo "run $run: pgc_batch=$pgc_rate floor_same=$floor_rate floor_simple=$simple_rate rows/s"
   [ "$pgc_rate" -gt "$best_pgc" ] && best_pgc=$pgc_rate
   [ "$floor_rate" -gt "$best_floor" ] && best_floor=$floor_rate
+  [ "$simple_rate" -gt "$best_simple" ] && best_simple=$simple_rate
 done
-echo "best: pgc_batch_rows_per_s=$best_pgc floor_rows_per_s=$best_floor ratio=$(echo "scale=2; $best_pgc/$best_floor" | bc) (N=$N, runs=$RUNS)"
+echo "best: pgc_batch=$best_pgc floor_same=$best_floor floor_simple=$best_simple rows/s;" \
+  "pgc/floor_same=$(echo "scale=2; $best_pgc/$best_floor" | bc) pgc/floor_simple=$(echo "scale=2; $best_pgc/$best_simple" | bc)" \
+  "(N=$N, runs=$RUNS, TRACEPARENT ${TRACEPARENT:+set}${TRACEPARENT:-unset})"
