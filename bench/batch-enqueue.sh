@@ -65,4 +65,4 @@ for run in $(seq "$RUNS"); do
 done
 echo "best: pgc_batch=$best_pgc floor_same=$best_floor floor_simple=$best_simple rows/s;" \
   "pgc/floor_same=$(echo "scale=2; $best_pgc/$best_floor" | bc) pgc/floor_simple=$(echo "scale=2; $best_pgc/$best_simple" | bc)" \
-  "(N=$N, runs=$RUNS, TRACEPARENT ${TRACEPARENT:+set}${TRACEPARENT:-unset})"
+  "(N=$N, runs=$RUNS, TRACEPARENT=${TRACEPARENT:-unset})"
