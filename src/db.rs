@@ -470,7 +470,24 @@ impl ConnectOptions {
     /// on the current tokio runtime; its errors surface later as errors of the returned
     /// client (which then reports itself closed).
     pub async fn connect(&self) -> Result<tokio_postgres::Client, ConnectError> {
-        connect::connect(self).await
+        connect::connect(self, None).await
+    }
+
+    /// Connects like [`connect`](Self::connect), and delivers the connection's
+    /// notifications (`LISTEN`) on the returned channel, which closes when the
+    /// connection does.
+    pub async fn connect_listener(
+        &self,
+    ) -> Result<
+        (
+            tokio_postgres::Client,
+            tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>,
+        ),
+        ConnectError,
+    > {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let client = connect::connect(self, Some(&tx)).await?;
+        Ok((client, rx))
     }
 }
 

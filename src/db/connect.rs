@@ -89,7 +89,10 @@ async fn within<T>(
 }
 
 /// See [`ConnectOptions::connect`].
-pub(super) async fn connect(o: &ConnectOptions) -> Result<Client, ConnectError> {
+pub(super) async fn connect(
+    o: &ConnectOptions,
+    notify: Option<&Notifications>,
+) -> Result<Client, ConnectError> {
     if tokio::runtime::Handle::try_current().is_err() {
         return Err(ConnectError::NoRuntime);
     }
@@ -145,7 +148,7 @@ pub(super) async fn connect(o: &ConnectOptions) -> Result<Client, ConnectError> 
                 }
                 _ => None,
             };
-            match attempt(o, target, ip, tls).await {
+            match attempt(o, target, ip, tls, notify).await {
                 Ok(client) => return Ok(client),
                 Err(f) => {
                     let label = match ip {
@@ -221,6 +224,7 @@ async fn attempt(
         tokio_postgres::config::SslMode,
         tokio_postgres_rustls::MakeRustlsConnect,
     )>,
+    notify: Option<&Notifications>,
 ) -> Result<Client, Failure> {
     let mut cfg = Config::new();
     cfg.user(&o.user)
@@ -287,10 +291,7 @@ async fn attempt(
             None => {
                 cfg.ssl_mode(tokio_postgres::config::SslMode::Disable);
                 cfg.connect(NoTls).await.map(|(client, connection)| {
-                    tokio::spawn(async move {
-                        // Errors surface through the client (it reports itself closed).
-                        let _ = connection.await;
-                    });
+                    drive(connection, notify.cloned());
                     client
                 })
             }
@@ -300,9 +301,7 @@ async fn attempt(
                     cfg.ssl_negotiation(SslNegotiation::Direct);
                 }
                 cfg.connect(connector).await.map(|(client, connection)| {
-                    tokio::spawn(async move {
-                        let _ = connection.await;
-                    });
+                    drive(connection, notify.cloned());
                     client
                 })
             }
@@ -319,6 +318,33 @@ async fn attempt(
         }
         f
     })
+}
+
+/// Where a listening connection sends its notifications.
+pub(super) type Notifications = tokio::sync::mpsc::UnboundedSender<tokio_postgres::Notification>;
+
+/// Runs the connection on the current runtime. Errors surface through the client (it
+/// reports itself closed); notifications go to `notify` when there is one.
+fn drive<S, T>(mut connection: tokio_postgres::Connection<S, T>, notify: Option<Notifications>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let Some(notify) = notify else {
+            let _ = connection.await;
+            return;
+        };
+        while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            match message {
+                Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                    let _ = notify.send(n);
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    });
 }
 
 /// The errors in `e`'s source chain, looking inside `io::Error`s too (their `source()`
