@@ -28,6 +28,7 @@ Register-ArgumentCompleter -Native -CommandName 'pgc' -ScriptBlock {
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
             [CompletionResult]::new('migrate', 'migrate', [CompletionResultType]::ParameterValue, 'Install or upgrade the pgconductor schema')
             [CompletionResult]::new('enqueue', 'enqueue', [CompletionResultType]::ParameterValue, 'Put a task execution (or a JSON Lines batch of them) into a queue')
+            [CompletionResult]::new('work', 'work', [CompletionResultType]::ParameterValue, 'Run tasks from queues as commands (a foreground worker)')
             [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print a shell completion script')
             [CompletionResult]::new('man', 'man', [CompletionResultType]::ParameterValue, 'Print the man page, or write every page into a directory')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
@@ -66,6 +67,28 @@ Register-ArgumentCompleter -Native -CommandName 'pgc' -ScriptBlock {
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
             break
         }
+        'pgc;work' {
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Queue to work (repeat for several)')
+            [CompletionResult]::new('--queue', '--queue', [CompletionResultType]::ParameterName, 'Queue to work (repeat for several)')
+            [CompletionResult]::new('-c', '-c', [CompletionResultType]::ParameterName, 'Handlers running at once')
+            [CompletionResult]::new('--concurrency', '--concurrency', [CompletionResultType]::ParameterName, 'Handlers running at once')
+            [CompletionResult]::new('--handler', '--handler', [CompletionResultType]::ParameterName, 'Run TASK with COMMAND through `sh -c` (repeat for several tasks). Tasks without a handler of their own run the command after `--`; without one they are not claimed')
+            [CompletionResult]::new('--timeout', '--timeout', [CompletionResultType]::ParameterName, 'Stop a handler running longer than this (SIGTERM to its process group, SIGKILL after --kill-grace); the attempt fails with "timed out after …"')
+            [CompletionResult]::new('--kill-grace', '--kill-grace', [CompletionResultType]::ParameterName, 'Between SIGTERM and SIGKILL when a handler is stopped')
+            [CompletionResult]::new('--retry-delay', '--retry-delay', [CompletionResultType]::ParameterName, 'Base of the exponential retry backoff (doubling per attempt, capped at 1h, with jitter in the upper half)')
+            [CompletionResult]::new('--lease', '--lease', [CompletionResultType]::ParameterName, 'How long a claim holds an execution; renewed every third of it while it runs. A killed worker''s executions run elsewhere once their lease expires')
+            [CompletionResult]::new('--poll-interval', '--poll-interval', [CompletionResultType]::ParameterName, 'Look for due work this often even without a notification')
+            [CompletionResult]::new('--shutdown-timeout', '--shutdown-timeout', [CompletionResultType]::ParameterName, 'After SIGINT/SIGTERM, how long running handlers get to finish before they are stopped and their executions released (without using an attempt)')
+            [CompletionResult]::new('--database-url', '--database-url', [CompletionResultType]::ParameterName, 'PostgreSQL URL (postgres://user@host:port/db?sslmode=…) or libpq conninfo string. Without it, the libpq variables PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE and PGSSLROOTCERT apply, with libpq''s defaults')
+            [CompletionResult]::new('--until-empty', '--until-empty', [CompletionResultType]::ParameterName, 'Drain the queues and exit: returns when nothing in them is running, due, or waiting for a retry. Exit 0 when every execution it finished completed, 1 when any finished as failed (each listed on stderr)')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Log every completed attempt too, not only failures')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Log every completed attempt too, not only failures')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
         'pgc;completions' {
             [CompletionResult]::new('--database-url', '--database-url', [CompletionResultType]::ParameterName, 'PostgreSQL URL (postgres://user@host:port/db?sslmode=…) or libpq conninfo string. Without it, the libpq variables PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE and PGSSLROOTCERT apply, with libpq''s defaults')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
@@ -86,6 +109,7 @@ Register-ArgumentCompleter -Native -CommandName 'pgc' -ScriptBlock {
         'pgc;help' {
             [CompletionResult]::new('migrate', 'migrate', [CompletionResultType]::ParameterValue, 'Install or upgrade the pgconductor schema')
             [CompletionResult]::new('enqueue', 'enqueue', [CompletionResultType]::ParameterValue, 'Put a task execution (or a JSON Lines batch of them) into a queue')
+            [CompletionResult]::new('work', 'work', [CompletionResultType]::ParameterValue, 'Run tasks from queues as commands (a foreground worker)')
             [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print a shell completion script')
             [CompletionResult]::new('man', 'man', [CompletionResultType]::ParameterValue, 'Print the man page, or write every page into a directory')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
@@ -95,6 +119,9 @@ Register-ArgumentCompleter -Native -CommandName 'pgc' -ScriptBlock {
             break
         }
         'pgc;help;enqueue' {
+            break
+        }
+        'pgc;help;work' {
             break
         }
         'pgc;help;completions' {

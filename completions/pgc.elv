@@ -25,6 +25,7 @@ set edit:completion:arg-completer[pgc] = {|@words|
             cand --version 'Print version'
             cand migrate 'Install or upgrade the pgconductor schema'
             cand enqueue 'Put a task execution (or a JSON Lines batch of them) into a queue'
+            cand work 'Run tasks from queues as commands (a foreground worker)'
             cand completions 'Print a shell completion script'
             cand man 'Print the man page, or write every page into a directory'
             cand help 'Print this message or the help of the given subcommand(s)'
@@ -60,6 +61,27 @@ set edit:completion:arg-completer[pgc] = {|@words|
             cand -V 'Print version'
             cand --version 'Print version'
         }
+        &'pgc;work'= {
+            cand -q 'Queue to work (repeat for several)'
+            cand --queue 'Queue to work (repeat for several)'
+            cand -c 'Handlers running at once'
+            cand --concurrency 'Handlers running at once'
+            cand --handler 'Run TASK with COMMAND through `sh -c` (repeat for several tasks). Tasks without a handler of their own run the command after `--`; without one they are not claimed'
+            cand --timeout 'Stop a handler running longer than this (SIGTERM to its process group, SIGKILL after --kill-grace); the attempt fails with "timed out after …"'
+            cand --kill-grace 'Between SIGTERM and SIGKILL when a handler is stopped'
+            cand --retry-delay 'Base of the exponential retry backoff (doubling per attempt, capped at 1h, with jitter in the upper half)'
+            cand --lease 'How long a claim holds an execution; renewed every third of it while it runs. A killed worker''s executions run elsewhere once their lease expires'
+            cand --poll-interval 'Look for due work this often even without a notification'
+            cand --shutdown-timeout 'After SIGINT/SIGTERM, how long running handlers get to finish before they are stopped and their executions released (without using an attempt)'
+            cand --database-url 'PostgreSQL URL (postgres://user@host:port/db?sslmode=…) or libpq conninfo string. Without it, the libpq variables PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE and PGSSLROOTCERT apply, with libpq''s defaults'
+            cand --until-empty 'Drain the queues and exit: returns when nothing in them is running, due, or waiting for a retry. Exit 0 when every execution it finished completed, 1 when any finished as failed (each listed on stderr)'
+            cand -v 'Log every completed attempt too, not only failures'
+            cand --verbose 'Log every completed attempt too, not only failures'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
         &'pgc;completions'= {
             cand --database-url 'PostgreSQL URL (postgres://user@host:port/db?sslmode=…) or libpq conninfo string. Without it, the libpq variables PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE and PGSSLROOTCERT apply, with libpq''s defaults'
             cand -h 'Print help'
@@ -78,6 +100,7 @@ set edit:completion:arg-completer[pgc] = {|@words|
         &'pgc;help'= {
             cand migrate 'Install or upgrade the pgconductor schema'
             cand enqueue 'Put a task execution (or a JSON Lines batch of them) into a queue'
+            cand work 'Run tasks from queues as commands (a foreground worker)'
             cand completions 'Print a shell completion script'
             cand man 'Print the man page, or write every page into a directory'
             cand help 'Print this message or the help of the given subcommand(s)'
@@ -85,6 +108,8 @@ set edit:completion:arg-completer[pgc] = {|@words|
         &'pgc;help;migrate'= {
         }
         &'pgc;help;enqueue'= {
+        }
+        &'pgc;help;work'= {
         }
         &'pgc;help;completions'= {
         }

@@ -29,6 +29,7 @@ complete -c pgc -n "__fish_pgc_needs_command" -s h -l help -d 'Print help'
 complete -c pgc -n "__fish_pgc_needs_command" -s V -l version -d 'Print version'
 complete -c pgc -n "__fish_pgc_needs_command" -f -a "migrate" -d 'Install or upgrade the pgconductor schema'
 complete -c pgc -n "__fish_pgc_needs_command" -f -a "enqueue" -d 'Put a task execution (or a JSON Lines batch of them) into a queue'
+complete -c pgc -n "__fish_pgc_needs_command" -f -a "work" -d 'Run tasks from queues as commands (a foreground worker)'
 complete -c pgc -n "__fish_pgc_needs_command" -f -a "completions" -d 'Print a shell completion script'
 complete -c pgc -n "__fish_pgc_needs_command" -f -a "man" -d 'Print the man page, or write every page into a directory'
 complete -c pgc -n "__fish_pgc_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
@@ -53,6 +54,20 @@ complete -c pgc -n "__fish_pgc_using_subcommand enqueue" -l database-url -d 'Pos
 complete -c pgc -n "__fish_pgc_using_subcommand enqueue" -l json -d 'Print a JSON object (id, queue, task, traceparent, …) instead of the id alone'
 complete -c pgc -n "__fish_pgc_using_subcommand enqueue" -s h -l help -d 'Print help'
 complete -c pgc -n "__fish_pgc_using_subcommand enqueue" -s V -l version -d 'Print version'
+complete -c pgc -n "__fish_pgc_using_subcommand work" -s q -l queue -d 'Queue to work (repeat for several)' -r
+complete -c pgc -n "__fish_pgc_using_subcommand work" -s c -l concurrency -d 'Handlers running at once' -r
+complete -c pgc -n "__fish_pgc_using_subcommand work" -l handler -d 'Run TASK with COMMAND through `sh -c` (repeat for several tasks). Tasks without a handler of their own run the command after `--`; without one they are not claimed' -r
+complete -c pgc -n "__fish_pgc_using_subcommand work" -l timeout -d 'Stop a handler running longer than this (SIGTERM to its process group, SIGKILL after --kill-grace); the attempt fails with "timed out after …"' -r
+complete -c pgc -n "__fish_pgc_using_subcommand work" -l kill-grace -d 'Between SIGTERM and SIGKILL when a handler is stopped' -r
+complete -c pgc -n "__fish_pgc_using_subcommand work" -l retry-delay -d 'Base of the exponential retry backoff (doubling per attempt, capped at 1h, with jitter in the upper half)' -r
+complete -c pgc -n "__fish_pgc_using_subcommand work" -l lease -d 'How long a claim holds an execution; renewed every third of it while it runs. A killed worker\'s executions run elsewhere once their lease expires' -r
+complete -c pgc -n "__fish_pgc_using_subcommand work" -l poll-interval -d 'Look for due work this often even without a notification' -r
+complete -c pgc -n "__fish_pgc_using_subcommand work" -l shutdown-timeout -d 'After SIGINT/SIGTERM, how long running handlers get to finish before they are stopped and their executions released (without using an attempt)' -r
+complete -c pgc -n "__fish_pgc_using_subcommand work" -l database-url -d 'PostgreSQL URL (postgres://user@host:port/db?sslmode=…) or libpq conninfo string. Without it, the libpq variables PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE and PGSSLROOTCERT apply, with libpq\'s defaults' -r
+complete -c pgc -n "__fish_pgc_using_subcommand work" -l until-empty -d 'Drain the queues and exit: returns when nothing in them is running, due, or waiting for a retry. Exit 0 when every execution it finished completed, 1 when any finished as failed (each listed on stderr)'
+complete -c pgc -n "__fish_pgc_using_subcommand work" -s v -l verbose -d 'Log every completed attempt too, not only failures'
+complete -c pgc -n "__fish_pgc_using_subcommand work" -s h -l help -d 'Print help'
+complete -c pgc -n "__fish_pgc_using_subcommand work" -s V -l version -d 'Print version'
 complete -c pgc -n "__fish_pgc_using_subcommand completions" -l database-url -d 'PostgreSQL URL (postgres://user@host:port/db?sslmode=…) or libpq conninfo string. Without it, the libpq variables PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE and PGSSLROOTCERT apply, with libpq\'s defaults' -r
 complete -c pgc -n "__fish_pgc_using_subcommand completions" -s h -l help -d 'Print help'
 complete -c pgc -n "__fish_pgc_using_subcommand completions" -s V -l version -d 'Print version'
@@ -60,8 +75,9 @@ complete -c pgc -n "__fish_pgc_using_subcommand man" -l dir -d 'Write every page
 complete -c pgc -n "__fish_pgc_using_subcommand man" -l database-url -d 'PostgreSQL URL (postgres://user@host:port/db?sslmode=…) or libpq conninfo string. Without it, the libpq variables PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE and PGSSLROOTCERT apply, with libpq\'s defaults' -r
 complete -c pgc -n "__fish_pgc_using_subcommand man" -s h -l help -d 'Print help'
 complete -c pgc -n "__fish_pgc_using_subcommand man" -s V -l version -d 'Print version'
-complete -c pgc -n "__fish_pgc_using_subcommand help; and not __fish_seen_subcommand_from migrate enqueue completions man help" -f -a "migrate" -d 'Install or upgrade the pgconductor schema'
-complete -c pgc -n "__fish_pgc_using_subcommand help; and not __fish_seen_subcommand_from migrate enqueue completions man help" -f -a "enqueue" -d 'Put a task execution (or a JSON Lines batch of them) into a queue'
-complete -c pgc -n "__fish_pgc_using_subcommand help; and not __fish_seen_subcommand_from migrate enqueue completions man help" -f -a "completions" -d 'Print a shell completion script'
-complete -c pgc -n "__fish_pgc_using_subcommand help; and not __fish_seen_subcommand_from migrate enqueue completions man help" -f -a "man" -d 'Print the man page, or write every page into a directory'
-complete -c pgc -n "__fish_pgc_using_subcommand help; and not __fish_seen_subcommand_from migrate enqueue completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c pgc -n "__fish_pgc_using_subcommand help; and not __fish_seen_subcommand_from migrate enqueue work completions man help" -f -a "migrate" -d 'Install or upgrade the pgconductor schema'
+complete -c pgc -n "__fish_pgc_using_subcommand help; and not __fish_seen_subcommand_from migrate enqueue work completions man help" -f -a "enqueue" -d 'Put a task execution (or a JSON Lines batch of them) into a queue'
+complete -c pgc -n "__fish_pgc_using_subcommand help; and not __fish_seen_subcommand_from migrate enqueue work completions man help" -f -a "work" -d 'Run tasks from queues as commands (a foreground worker)'
+complete -c pgc -n "__fish_pgc_using_subcommand help; and not __fish_seen_subcommand_from migrate enqueue work completions man help" -f -a "completions" -d 'Print a shell completion script'
+complete -c pgc -n "__fish_pgc_using_subcommand help; and not __fish_seen_subcommand_from migrate enqueue work completions man help" -f -a "man" -d 'Print the man page, or write every page into a directory'
+complete -c pgc -n "__fish_pgc_using_subcommand help; and not __fish_seen_subcommand_from migrate enqueue work completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -8,9 +8,11 @@ pub mod cli;
 pub mod db;
 pub mod enqueue;
 pub mod error;
+pub mod handler;
 pub mod jsonb;
 pub mod migrate;
 pub mod sql;
 pub mod traceparent;
+pub mod worker;
 
 pub use error::{Error, Result};

@@ -104,3 +104,191 @@ where trace_context ->> 'traceparent' = $1";
 pub fn trace_id_range(trace_id: &str) -> (String, String) {
     (format!("00-{trace_id}-"), format!("00-{trace_id}."))
 }
+
+// ---------------------------------------------------------------------------------------
+// Worker. Every settle names the worker and the lease generation it claimed (fencing): a
+// worker whose lease was taken over changes nothing.
+
+/// Register a worker (`$1` id, `$2` host, `$3` pid, `$4` queues, `$5` version).
+pub const WORKER_REGISTER: &str = "
+insert into pgconductor._private_workers (id, host, pid, queues, version)
+values ($1, $2, $3, $4, $5)";
+
+/// Heartbeat of a worker.
+pub const WORKER_HEARTBEAT: &str = "
+update pgconductor._private_workers set heartbeat_at = now() where id = $1";
+
+/// A worker's clean exit.
+pub const WORKER_STOPPED: &str = "
+update pgconductor._private_workers set stopped_at = now(), heartbeat_at = now() where id = $1";
+
+/// Claim up to `$3` due executions of the queues `$2` (in each queue's priority order,
+/// then the oldest first), for worker `$1`, leased for `$5` seconds. `$4`: the tasks the
+/// worker has handlers for, or null for all. Each claim starts an attempt: a new attempt
+/// span id, `attempts + 1`, and a new lease generation.
+pub const CLAIM: &str = "
+with c as (
+    select x.id
+    from unnest($2::text[]) as q(name),
+    lateral (
+        select e.id, e.priority, e.run_at
+        from pgconductor._private_executions e
+        where e.queue = q.name and e.status = 'pending' and e.run_at <= now()
+          and ($4::text[] is null or e.task_key = any($4::text[]))
+        order by e.priority, e.run_at, e.id
+        limit $3
+        for update skip locked
+    ) x
+    order by x.priority, x.run_at, x.id
+    limit $3
+)
+update pgconductor._private_executions e
+set status = 'running',
+    attempts = e.attempts + 1,
+    locked_by = $1,
+    locked_until = now() + make_interval(secs => $5::float8),
+    lease_generation = e.lease_generation + 1,
+    started_at = now(),
+    -- 16 hex digits of a random UUID's second half: random, never all zeros (its
+    -- variant digit is 8-b).
+    attempt_span_id = substr(replace(gen_random_uuid()::text, '-', ''), 17, 16)
+from c
+where e.id = c.id
+returning e.id, e.queue, e.task_key, e.payload::text, e.attempts, e.max_attempts,
+          e.trace_context, e.lease_generation, e.attempt_span_id";
+
+/// Settle completed attempts: `$2` ids, `$3` generations, `$4` results (JSON text or
+/// null). Returns the ids it settled; the others had lost their lease.
+pub const COMPLETE: &str = "
+update pgconductor._private_executions e
+set status = 'completed', result = v.result::jsonb, finished_at = now(),
+    locked_by = null, locked_until = null
+from unnest($2::uuid[], $3::int[], $4::text[]) as v(id, generation, result)
+where e.id = v.id and e.locked_by = $1 and e.lease_generation = v.generation
+  and e.status = 'running'
+returning e.id";
+
+/// Settle failed attempts: `$2` ids, `$3` generations, `$4` errors, `$5` outcomes
+/// (`failed` or `timed_out`), `$6` retry delays in seconds. With attempts left the
+/// execution waits for its retry and the attempt moves to `_private_attempts`; without,
+/// it is finished as `failed` and keeps its last attempt on the row. Returns each
+/// settled id with its new status.
+pub const FAIL: &str = "
+with v as (
+    select * from unnest($2::uuid[], $3::int[], $4::text[], $5::text[], $6::float8[])
+        as v(id, generation, error, outcome, delay)
+), old as (
+    select e.id, e.attempts, e.max_attempts, e.attempt_span_id, e.locked_by, e.started_at,
+           v.error, v.outcome, v.delay, e.attempts >= e.max_attempts as final
+    from pgconductor._private_executions e
+    join v on e.id = v.id
+    where e.locked_by = $1 and e.lease_generation = v.generation and e.status = 'running'
+    for update of e
+), upd as (
+    update pgconductor._private_executions e
+    set status = case when o.final then 'failed' else 'pending' end,
+        run_at = case when o.final then e.run_at
+                      else now() + make_interval(secs => o.delay) end,
+        finished_at = case when o.final then now() end,
+        last_error = o.error,
+        locked_by = null, locked_until = null,
+        attempt_span_id = case when o.final then e.attempt_span_id end,
+        started_at = case when o.final then e.started_at end
+    from old o
+    where e.id = o.id
+    returning e.id, e.status
+), moved as (
+    insert into pgconductor._private_attempts
+        (execution_id, attempt, span_id, worker_id, started_at, finished_at, outcome, error)
+    select o.id, o.attempts, o.attempt_span_id, o.locked_by, o.started_at, now(), o.outcome, o.error
+    from old o
+    where not o.final
+)
+select id, status from upd";
+
+/// Give attempts back without using them (shutdown, exit code 75): `$2` ids, `$3`
+/// generations, `$4` reasons, `$5` delays in seconds before they are due again.
+pub const RELEASE: &str = "
+with v as (
+    select * from unnest($2::uuid[], $3::int[], $4::text[], $5::float8[])
+        as v(id, generation, reason, delay)
+), old as (
+    select e.id, e.attempts, e.attempt_span_id, e.locked_by, e.started_at, v.reason, v.delay
+    from pgconductor._private_executions e
+    join v on e.id = v.id
+    where e.locked_by = $1 and e.lease_generation = v.generation and e.status = 'running'
+    for update of e
+), upd as (
+    update pgconductor._private_executions e
+    set status = 'pending', attempts = e.attempts - 1,
+        run_at = now() + make_interval(secs => o.delay),
+        last_error = o.reason,
+        locked_by = null, locked_until = null, attempt_span_id = null, started_at = null
+    from old o
+    where e.id = o.id
+    returning e.id
+), moved as (
+    insert into pgconductor._private_attempts
+        (execution_id, attempt, span_id, worker_id, started_at, finished_at, outcome, error)
+    select o.id, o.attempts, o.attempt_span_id, o.locked_by, o.started_at, now(), 'released', o.reason
+    from old o
+)
+select id from upd";
+
+/// Extend the leases of worker `$1` on executions `$2` by `$3` seconds. Returns the ids
+/// it still holds; a missing id was taken over.
+pub const RENEW: &str = "
+update pgconductor._private_executions
+set locked_until = now() + make_interval(secs => $3::float8)
+where id = any($2::uuid[]) and locked_by = $1 and status = 'running'
+returning id";
+
+/// Recover executions of the queues `$1` whose lease expired (their worker died): the
+/// attempt is recorded as `lost` and the execution waits to run again, or is finished as
+/// `failed` when it has no attempts left. Returns each id with its new status.
+pub const REAP: &str = "
+with old as (
+    select e.id, e.attempts, e.max_attempts, e.attempt_span_id, e.locked_by, e.started_at,
+           e.attempts >= e.max_attempts as final
+    from pgconductor._private_executions e
+    where e.status = 'running' and e.locked_until < now() and e.queue = any($1::text[])
+    limit 1000
+    for update skip locked
+), upd as (
+    update pgconductor._private_executions e
+    set status = case when o.final then 'failed' else 'pending' end,
+        run_at = case when o.final then e.run_at else now() end,
+        finished_at = case when o.final then now() end,
+        last_error = 'lease expired: worker ' || o.locked_by || ' stopped renewing it',
+        locked_by = null, locked_until = null,
+        attempt_span_id = case when o.final then e.attempt_span_id end,
+        started_at = case when o.final then e.started_at end
+    from old o
+    where e.id = o.id
+    returning e.id, e.status
+), moved as (
+    insert into pgconductor._private_attempts
+        (execution_id, attempt, span_id, worker_id, started_at, finished_at, outcome, error)
+    select o.id, o.attempts, o.attempt_span_id, o.locked_by, o.started_at, now(), 'lost',
+           'lease expired: worker ' || o.locked_by || ' stopped renewing it'
+    from old o
+    where not o.final
+)
+select id, status from upd";
+
+/// Whether the queues `$1` still hold work for `--until-empty`: an execution running,
+/// due, or waiting for a retry (executions scheduled for later that never ran do not
+/// count; one that ran before has attempts or, when it was released, a `last_error`).
+/// `$2`: the tasks the worker handles, or null for all.
+pub const QUEUE_BUSY: &str = "
+select exists (
+    select 1 from pgconductor._private_executions e
+    where e.queue = any($1::text[])
+      and ($2::text[] is null or e.task_key = any($2::text[]))
+      and (e.status = 'running'
+           or (e.status = 'pending'
+               and (e.run_at <= now() or e.attempts > 0 or e.last_error is not null)))
+)";
+
+/// Listen for enqueue notifications.
+pub const LISTEN_ENQUEUED: &str = "listen pgconductor_enqueued";

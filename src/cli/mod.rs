@@ -9,6 +9,7 @@ mod docs;
 mod enqueue;
 mod migrate;
 mod output;
+mod work;
 
 use std::process::ExitCode;
 
@@ -46,6 +47,18 @@ pub struct GlobalArgs {
     pub database_url: Option<String>,
 }
 
+impl GlobalArgs {
+    /// The connection settings: the URL when one is given (an empty one counts as
+    /// unset, as libpq treats empty variables), else the libpq environment.
+    pub fn connect_options(&self) -> Result<ConnectOptions, Error> {
+        let url = self
+            .database_url
+            .as_deref()
+            .filter(|u| !u.trim().is_empty());
+        Ok(ConnectOptions::resolve(url)?)
+    }
+}
+
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -53,6 +66,8 @@ pub enum Command {
     Migrate(migrate::MigrateArgs),
     /// Put a task execution (or a JSON Lines batch of them) into a queue.
     Enqueue(enqueue::EnqueueArgs),
+    /// Run tasks from queues as commands (a foreground worker).
+    Work(work::WorkArgs),
     /// Print a shell completion script.
     Completions(docs::CompletionsArgs),
     /// Print the man page, or write every page into a directory.
@@ -70,6 +85,7 @@ pub fn main() -> ExitCode {
         Command::Man(args) => docs::man(&args),
         Command::Migrate(args) => with_runtime(|| migrate::run(&cli.global, args)),
         Command::Enqueue(args) => with_runtime(|| enqueue::run(&cli.global, args)),
+        Command::Work(args) => with_runtime(|| work::run(&cli.global, args)),
     };
     match outcome {
         Ok(code) => code,
@@ -145,6 +161,6 @@ fn report(e: &anyhow::Error) -> ExitCode {
 
 /// Connects with the global flags' settings.
 async fn connect(global: &GlobalArgs) -> Result<tokio_postgres::Client, Error> {
-    let opts = ConnectOptions::resolve(global.database_url.as_deref())?;
+    let opts = global.connect_options()?;
     Ok(opts.connect().await?)
 }

@@ -12,3 +12,4 @@ mod docs;
 mod enqueue;
 mod migrate;
 mod schema;
+mod work;

@@ -1,0 +1,303 @@
+//! `pgc work`: a foreground worker running tasks as commands.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Result;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::GlobalArgs;
+use super::output::{info, warn};
+use crate::enqueue::validate_name;
+use crate::error::Error;
+use crate::handler::command::{CommandHandler, Program};
+use crate::worker::{self, Event, Handlers, Shutdown, WorkerOptions};
+
+/// Run tasks from one or more queues as commands, until stopped (SIGINT/SIGTERM: finish
+/// running handlers, then exit; a second signal stops them at once).
+///
+/// Each handler gets the payload JSON on stdin and TRACEPARENT (this attempt's span),
+/// TRACESTATE, PGC_EXECUTION_ID, PGC_TASK, PGC_QUEUE, PGC_ATTEMPT, PGC_MAX_ATTEMPTS and
+/// the database settings (PG* variables) in its environment. Exit 0 completes the
+/// execution (stdout, when it is JSON, is its result); exit 75 runs it again later
+/// without using an attempt; any other exit fails the attempt (the tail of stderr is
+/// kept as its error) and it is retried with exponential backoff while attempts remain.
+#[derive(Debug, clap::Args)]
+pub struct WorkArgs {
+    /// Queue to work (repeat for several).
+    #[arg(short, long = "queue", value_name = "QUEUE", default_value = crate::enqueue::DEFAULT_QUEUE)]
+    pub queues: Vec<String>,
+
+    /// Handlers running at once.
+    #[arg(short, long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub concurrency: u32,
+
+    /// Run TASK with COMMAND through `sh -c` (repeat for several tasks). Tasks without a
+    /// handler of their own run the command after `--`; without one they are not claimed.
+    #[arg(long = "handler", value_name = "TASK=COMMAND", value_parser = parse_handler)]
+    pub handlers: Vec<(String, String)>,
+
+    /// Stop a handler running longer than this (SIGTERM to its process group, SIGKILL
+    /// after --kill-grace); the attempt fails with "timed out after …".
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+
+    /// Between SIGTERM and SIGKILL when a handler is stopped.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub kill_grace: Duration,
+
+    /// Base of the exponential retry backoff (doubling per attempt, capped at 1h, with
+    /// jitter in the upper half).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub retry_delay: Duration,
+
+    /// How long a claim holds an execution; renewed every third of it while it runs. A
+    /// killed worker's executions run elsewhere once their lease expires.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_positive)]
+    pub lease: Duration,
+
+    /// Look for due work this often even without a notification.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_positive)]
+    pub poll_interval: Duration,
+
+    /// After SIGINT/SIGTERM, how long running handlers get to finish before they are
+    /// stopped and their executions released (without using an attempt).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+
+    /// Drain the queues and exit: returns when nothing in them is running, due, or
+    /// waiting for a retry. Exit 0 when every execution it finished completed, 1 when
+    /// any finished as failed (each listed on stderr).
+    #[arg(long)]
+    pub until_empty: bool,
+
+    /// Log every completed attempt too, not only failures.
+    #[arg(short, long)]
+    pub verbose: bool,
+
+    /// The command run for every task without a --handler (directly, no shell).
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+fn parse_handler(s: &str) -> Result<(String, String), String> {
+    let (task, command) = s
+        .split_once('=')
+        .ok_or_else(|| format!("invalid handler {s:?}: expected TASK=COMMAND"))?;
+    validate_name("task name", task).map_err(|e| e.to_string())?;
+    if command.trim().is_empty() {
+        return Err(format!("handler for {task} has an empty command"));
+    }
+    Ok((task.to_string(), command.to_string()))
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("invalid duration {s:?}: {e} (e.g. 500ms, 30s, 5m)"))
+}
+
+fn parse_positive(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_millis(10) {
+        return Err(format!("{s:?} is too short (at least 10ms)"));
+    }
+    Ok(d)
+}
+
+/// Runs `pgc work`.
+pub async fn run(global: &GlobalArgs, args: WorkArgs) -> Result<ExitCode> {
+    for q in &args.queues {
+        validate_name("queue name", q)?;
+    }
+    if args.command.is_empty() && args.handlers.is_empty() {
+        return Err(Error::invalid(
+            "no handler: give a command after -- or at least one --handler TASK=COMMAND",
+        )
+        .into());
+    }
+    let conn = global.connect_options()?;
+    // A `pgc` (or psql) run inside a handler reaches the same database; DATABASE_URL is
+    // emptied so that an inherited one cannot point it elsewhere.
+    let mut env = conn.child_env();
+    env.push(("DATABASE_URL".to_string(), String::new()));
+    let make = |program: Program| {
+        Arc::new(
+            CommandHandler::new(program)
+                .env(env.clone())
+                .timeout(args.timeout)
+                .kill_grace(args.kill_grace),
+        )
+    };
+    let mut handlers = Handlers::new();
+    if let Some((program, rest)) = args.command.split_first() {
+        handlers = handlers.fallback(make(Program::Direct {
+            program: program.clone(),
+            args: rest.to_vec(),
+        }));
+    }
+    for (task, command) in &args.handlers {
+        handlers = handlers.task(task.clone(), make(Program::Shell(command.clone())));
+    }
+    let mut queues = args.queues.clone();
+    queues.dedup();
+    let opts = WorkerOptions {
+        queues,
+        concurrency: usize::try_from(args.concurrency).unwrap_or(1),
+        lease: args.lease,
+        poll_interval: args.poll_interval,
+        retry_delay: args.retry_delay,
+        shutdown_timeout: args.shutdown_timeout,
+        until_empty: args.until_empty,
+        ..WorkerOptions::default()
+    };
+
+    let shutdown = Shutdown::default();
+    spawn_signal_handler(shutdown.clone())?;
+
+    let bar = if args.until_empty && std::io::stderr().is_terminal() {
+        ProgressBar::new_spinner().with_style(
+            ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        )
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let done = Arc::new(AtomicU64::new(0));
+    let events = {
+        let bar = bar.clone();
+        let done = done.clone();
+        let verbose = args.verbose;
+        Arc::new(move |e: Event| log_event(&e, verbose, &bar, &done)) as worker::EventSink
+    };
+    let report = worker::run(&conn, opts, handlers, shutdown, events).await;
+    bar.finish_and_clear();
+    let report = report?;
+    if args.until_empty {
+        info(&format!(
+            "queue drained: {} completed, {} failed, {} retried, {} released",
+            report.completed,
+            report.failed.len(),
+            report.retried,
+            report.released
+        ));
+        if !report.failed.is_empty() {
+            for f in &report.failed {
+                eprintln!("pgc: failed: {} {}: {}", f.task, f.id, first_line(&f.error));
+            }
+            return Ok(ExitCode::from(1));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or("")
+}
+
+fn short(id: &uuid::Uuid) -> String {
+    id.to_string().chars().take(8).collect()
+}
+
+fn log_event(e: &Event, verbose: bool, bar: &ProgressBar, done: &AtomicU64) {
+    let line = match e {
+        Event::Started { worker_id } => {
+            if verbose {
+                Some(format!("worker {worker_id} started"))
+            } else {
+                None
+            }
+        }
+        Event::Completed {
+            id,
+            task,
+            attempt,
+            duration,
+        } => {
+            let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+            bar.set_message(format!("{n} finished"));
+            verbose.then(|| {
+                format!(
+                    "{task} {} completed (attempt {attempt}) in {:.3}s",
+                    short(id),
+                    duration.as_secs_f64()
+                )
+            })
+        }
+        Event::Failed {
+            id,
+            task,
+            attempt,
+            error,
+            retry_in,
+        } => {
+            let what = match retry_in {
+                Some(d) => format!("retrying in {}", humantime::format_duration(round(*d))),
+                None => {
+                    let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+                    bar.set_message(format!("{n} finished"));
+                    "no attempts left".to_string()
+                }
+            };
+            Some(format!(
+                "{task} {} failed (attempt {attempt}): {}; {what}",
+                short(id),
+                first_line(error)
+            ))
+        }
+        Event::Released { id, task, reason } => Some(format!(
+            "{task} {} released: {}",
+            short(id),
+            first_line(reason)
+        )),
+        Event::LeaseLost { id, task } => Some(format!(
+            "{task} {}: lease taken over by another worker; its result is discarded",
+            short(id)
+        )),
+        Event::Reaped { id, status } => Some(format!(
+            "recovered {} from a worker whose lease expired ({status})",
+            short(id)
+        )),
+        Event::Stopping { running } => Some(format!(
+            "stopping: waiting for {running} running handler(s); signal again to stop them now"
+        )),
+        Event::DatabaseLost { error } => {
+            warn(&format!("database connection lost ({error}); retrying"));
+            None
+        }
+        Event::DatabaseBack => Some("database connection re-established".to_string()),
+    };
+    if let Some(line) = line {
+        bar.suspend(|| info(&line));
+    }
+}
+
+fn round(d: Duration) -> Duration {
+    Duration::from_secs(d.as_secs().max(1))
+}
+
+/// First SIGINT/SIGTERM: graceful shutdown; second: stop handlers at once.
+fn spawn_signal_handler(shutdown: Shutdown) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::spawn(async move {
+        let mut count = 0;
+        loop {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            count += 1;
+            if count == 1 {
+                shutdown.graceful.cancel();
+            } else {
+                shutdown.immediate.cancel();
+            }
+        }
+    });
+    Ok(())
+}

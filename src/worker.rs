@@ -1,0 +1,770 @@
+//! The worker: claims due executions, runs them through handlers, settles the results.
+//!
+//! It follows the seed's pipeline, fetch → execute → flush: claims are batched
+//! (`FOR UPDATE SKIP LOCKED`), concurrency is bounded, and results are settled in
+//! batches. Every claim is a lease with a generation; the worker renews its leases while
+//! handlers run, and every settle names the generation it claimed, so a worker whose
+//! lease was taken over can never settle (fencing). Expired leases of dead workers are
+//! reaped by the living. LISTEN/NOTIFY wakes an idle worker, polling covers lost
+//! notifications, and a lost database connection is re-established with backoff while
+//! handlers keep running. Nothing here prints: what happens is reported as [`Event`]s.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use tokio::task::JoinSet;
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::db::ConnectOptions;
+use crate::error::Result;
+use crate::handler::{Job, Outcome, SharedHandler};
+use crate::sql;
+use crate::traceparent::{SpanId, TraceFlags, TraceParent, new_trace_id};
+
+/// How a worker runs.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// Queues to claim from.
+    pub queues: Vec<String>,
+    /// Handlers running at once.
+    pub concurrency: usize,
+    /// How long a claim holds an execution; renewed every third of it while it runs.
+    pub lease: Duration,
+    /// Claim this often even without a notification.
+    pub poll_interval: Duration,
+    /// Base of the exponential retry backoff.
+    pub retry_delay: Duration,
+    /// Longest retry backoff.
+    pub max_retry_delay: Duration,
+    /// How long running handlers get to finish after a shutdown signal.
+    pub shutdown_timeout: Duration,
+    /// Exit once the queues hold nothing running, due or waiting for a retry.
+    pub until_empty: bool,
+    /// Most executions claimed by one statement.
+    pub claim_batch: usize,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        WorkerOptions {
+            queues: vec![crate::enqueue::DEFAULT_QUEUE.to_string()],
+            concurrency: 8,
+            lease: Duration::from_secs(60),
+            poll_interval: Duration::from_secs(2),
+            retry_delay: Duration::from_secs(5),
+            max_retry_delay: Duration::from_secs(3600),
+            shutdown_timeout: Duration::from_secs(30),
+            until_empty: false,
+            claim_batch: 500,
+        }
+    }
+}
+
+impl WorkerOptions {
+    /// The delay before retry number `attempt` (the attempt that just failed, from 1):
+    /// `retry_delay × 2^(attempt-1)`, capped at `max_retry_delay`, then "equal jitter"
+    /// (a random point in its upper half) so that failures at the same moment do not
+    /// retry in lockstep.
+    pub fn backoff(&self, attempt: i32) -> Duration {
+        let exp = u32::try_from(attempt.saturating_sub(1).clamp(0, 30)).unwrap_or(30);
+        let full = self
+            .retry_delay
+            .saturating_mul(2u32.saturating_pow(exp))
+            .min(self.max_retry_delay);
+        let half = full / 2;
+        half + half.mul_f64(rand::rng().random::<f64>())
+    }
+}
+
+/// Which handler runs which task.
+#[derive(Clone, Default)]
+pub struct Handlers {
+    by_task: HashMap<String, SharedHandler>,
+    fallback: Option<SharedHandler>,
+}
+
+impl Handlers {
+    /// No handlers yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Runs `task` with `handler`.
+    pub fn task(mut self, task: impl Into<String>, handler: SharedHandler) -> Self {
+        self.by_task.insert(task.into(), handler);
+        self
+    }
+
+    /// Runs every task without a handler of its own with `handler`.
+    pub fn fallback(mut self, handler: SharedHandler) -> Self {
+        self.fallback = Some(handler);
+        self
+    }
+
+    /// The tasks to claim: `None` (all) with a fallback, else the named ones.
+    pub fn claimable(&self) -> Option<Vec<String>> {
+        if self.fallback.is_some() {
+            None
+        } else {
+            let mut tasks: Vec<String> = self.by_task.keys().cloned().collect();
+            tasks.sort();
+            Some(tasks)
+        }
+    }
+
+    fn get(&self, task: &str) -> Option<&SharedHandler> {
+        self.by_task.get(task).or(self.fallback.as_ref())
+    }
+}
+
+/// What the worker did, as it happens (the CLI prints these).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Event {
+    /// Registered and running.
+    Started {
+        /// The worker's id.
+        worker_id: Uuid,
+    },
+    /// An attempt completed.
+    Completed {
+        /// Execution id.
+        id: Uuid,
+        /// Task name.
+        task: String,
+        /// Attempt number.
+        attempt: i32,
+        /// How long the handler ran.
+        duration: Duration,
+    },
+    /// An attempt failed.
+    Failed {
+        /// Execution id.
+        id: Uuid,
+        /// Task name.
+        task: String,
+        /// Attempt number.
+        attempt: i32,
+        /// The error stored as `last_error`.
+        error: String,
+        /// When it runs again; `None` when it was the last attempt.
+        retry_in: Option<Duration>,
+    },
+    /// An attempt was given back without using it.
+    Released {
+        /// Execution id.
+        id: Uuid,
+        /// Task name.
+        task: String,
+        /// Why.
+        reason: String,
+    },
+    /// The lease was taken over; the attempt's result was discarded.
+    LeaseLost {
+        /// Execution id.
+        id: Uuid,
+        /// Task name.
+        task: String,
+    },
+    /// An execution of a dead worker was recovered.
+    Reaped {
+        /// Execution id.
+        id: Uuid,
+        /// `pending` (runs again) or `failed` (no attempts left).
+        status: String,
+    },
+    /// A shutdown began; `running` handlers are finishing.
+    Stopping {
+        /// Handlers still running.
+        running: usize,
+    },
+    /// The database connection failed; the worker retries.
+    DatabaseLost {
+        /// Why.
+        error: String,
+    },
+    /// The database connection is back.
+    DatabaseBack,
+}
+
+/// Receives [`Event`]s.
+pub type EventSink = Arc<dyn Fn(Event) + Send + Sync>;
+
+/// An execution this worker finished as failed.
+#[derive(Debug, Clone)]
+pub struct FailedExecution {
+    /// Execution id.
+    pub id: Uuid,
+    /// Task name.
+    pub task: String,
+    /// Its last error.
+    pub error: String,
+}
+
+/// What a worker run did.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// Attempts that completed their execution.
+    pub completed: u64,
+    /// Executions finished as failed (no attempts left).
+    pub failed: Vec<FailedExecution>,
+    /// Failed attempts that will be retried.
+    pub retried: u64,
+    /// Attempts given back without using them.
+    pub released: u64,
+    /// Attempts whose lease was taken over.
+    pub leases_lost: u64,
+}
+
+/// Tells a running worker to stop: `graceful` stops claiming and lets handlers finish
+/// for up to the shutdown timeout; `immediate` stops them at once.
+#[derive(Debug, Clone, Default)]
+pub struct Shutdown {
+    /// Stop claiming; finish what runs.
+    pub graceful: CancellationToken,
+    /// Stop running handlers now.
+    pub immediate: CancellationToken,
+}
+
+struct InFlight {
+    task: String,
+    stop: CancellationToken,
+}
+
+struct Done {
+    id: Uuid,
+    generation: i32,
+    task: String,
+    attempt: i32,
+    duration: Duration,
+    outcome: Outcome,
+}
+
+/// A connection that is re-established with backoff when it breaks.
+struct Db {
+    opts: ConnectOptions,
+    client: Option<Client>,
+    retry_at: Instant,
+    backoff: Duration,
+}
+
+impl Db {
+    fn up(&self) -> bool {
+        self.client.as_ref().is_some_and(|c| !c.is_closed())
+    }
+
+    /// The client, reconnecting when it is due; `None` while the database is away.
+    async fn client(&mut self, events: &EventSink) -> Option<&Client> {
+        if !self.up() && Instant::now() >= self.retry_at {
+            match self.opts.connect().await {
+                Ok(c) => {
+                    if self.client.is_some() || self.backoff > Duration::from_millis(100) {
+                        events(Event::DatabaseBack);
+                    }
+                    self.client = Some(c);
+                    self.backoff = Duration::from_millis(100);
+                }
+                Err(e) => {
+                    self.client = None;
+                    self.fail(events, e.to_string());
+                }
+            }
+        }
+        self.client.as_ref().filter(|c| !c.is_closed())
+    }
+
+    fn fail(&mut self, events: &EventSink, error: String) {
+        events(Event::DatabaseLost { error });
+        self.client = None;
+        self.retry_at = Instant::now() + self.backoff;
+        self.backoff = (self.backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Runs a worker until it is told to stop (or, with `until_empty`, until the queues are
+/// drained). Fails only when the first connection or registration fails; later database
+/// trouble is reported as events and survived.
+pub async fn run(
+    conn: &ConnectOptions,
+    opts: WorkerOptions,
+    handlers: Handlers,
+    shutdown: Shutdown,
+    events: EventSink,
+) -> Result<Report> {
+    let conn = conn.with_default_application_name("pgc worker");
+    let first = conn.connect().await?;
+    crate::migrate::check_schema(&first).await?;
+    let worker_id = Uuid::now_v7();
+    let host = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let pid = i32::try_from(std::process::id()).unwrap_or(0);
+    first
+        .execute(
+            sql::WORKER_REGISTER,
+            &[
+                &worker_id,
+                &host,
+                &pid,
+                &opts.queues,
+                &env!("CARGO_PKG_VERSION"),
+            ],
+        )
+        .await?;
+    events(Event::Started { worker_id });
+
+    let mut db = Db {
+        opts: conn.clone(),
+        client: Some(first),
+        retry_at: Instant::now(),
+        backoff: Duration::from_millis(100),
+    };
+    let (wake_tx, mut wake_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let listener_stop = CancellationToken::new();
+    tokio::spawn(listen(
+        conn.clone(),
+        opts.queues.clone(),
+        wake_tx,
+        listener_stop.clone(),
+    ));
+
+    let claimable = handlers.claimable();
+    let lease_secs = opts.lease.as_secs_f64();
+    let mut report = Report::default();
+    let mut joins: JoinSet<Done> = JoinSet::new();
+    let mut inflight: HashMap<Uuid, InFlight> = HashMap::new();
+    let mut settle: Vec<Done> = Vec::new();
+    let mut want_claim = true;
+    let mut stopping = false;
+    let mut stopped_handlers = false;
+    let mut deadline: Option<tokio::time::Instant> = None;
+    let mut poll = tokio::time::interval(opts.poll_interval);
+    let mut renew = tokio::time::interval(opts.lease / 3);
+    let mut reap = tokio::time::interval(opts.lease / 2);
+    for t in [&mut poll, &mut renew, &mut reap] {
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    }
+
+    loop {
+        if !settle.is_empty()
+            && let Some(client) = db.client(&events).await
+        {
+            match settle_all(client, worker_id, &opts, &mut settle, &mut report, &events).await {
+                Ok(()) => {}
+                Err(e) => db.fail(&events, e.to_string()),
+            }
+        }
+
+        let free = opts.concurrency.saturating_sub(inflight.len());
+        if !stopping && want_claim && free > 0 {
+            let n = free.min(opts.claim_batch);
+            if let Some(client) = db.client(&events).await {
+                let limit = i64::try_from(n).unwrap_or(i64::MAX);
+                match client
+                    .query(
+                        sql::CLAIM,
+                        &[&worker_id, &opts.queues, &limit, &claimable, &lease_secs],
+                    )
+                    .await
+                {
+                    Ok(rows) => {
+                        want_claim = rows.len() == n;
+                        for row in rows {
+                            match start(&row, &handlers, &mut joins) {
+                                Ok((id, flight)) => {
+                                    inflight.insert(id, flight);
+                                }
+                                Err(e) => db.fail(&events, e.to_string()),
+                            }
+                        }
+                    }
+                    Err(e) => db.fail(&events, e.to_string()),
+                }
+            }
+        }
+
+        if stopping && inflight.is_empty() && settle.is_empty() {
+            break;
+        }
+        if opts.until_empty
+            && !stopping
+            && inflight.is_empty()
+            && settle.is_empty()
+            && !want_claim
+            && let Some(client) = db.client(&events).await
+        {
+            match client
+                .query_one(sql::QUEUE_BUSY, &[&opts.queues, &claimable])
+                .await
+                .and_then(|r| r.try_get::<_, bool>(0))
+            {
+                Ok(false) => break,
+                Ok(true) => {}
+                Err(e) => db.fail(&events, e.to_string()),
+            }
+        }
+
+        let reconnect = async {
+            tokio::time::sleep_until(db.retry_at.into()).await;
+        };
+        tokio::select! {
+            biased;
+            () = shutdown.immediate.cancelled(), if !stopped_handlers => {
+                stopping = true;
+                stopped_handlers = true;
+                for f in inflight.values() {
+                    f.stop.cancel();
+                }
+            }
+            () = shutdown.graceful.cancelled(), if !stopping => {
+                stopping = true;
+                deadline = Some(tokio::time::Instant::now() + opts.shutdown_timeout);
+                events(Event::Stopping { running: inflight.len() });
+            }
+            () = async { if let Some(d) = deadline { tokio::time::sleep_until(d).await } },
+                if deadline.is_some() && !stopped_handlers => {
+                stopped_handlers = true;
+                for f in inflight.values() {
+                    f.stop.cancel();
+                }
+            }
+            Some(done) = joins.join_next(), if !joins.is_empty() => {
+                let mut collect = |r: std::result::Result<Done, tokio::task::JoinError>| {
+                    if let Ok(d) = r {
+                        inflight.remove(&d.id);
+                        settle.push(d);
+                    }
+                };
+                collect(done);
+                while let Some(more) = joins.try_join_next() {
+                    collect(more);
+                }
+                want_claim = true;
+            }
+            Some(()) = wake_rx.recv() => {
+                while wake_rx.try_recv().is_ok() {}
+                want_claim = true;
+            }
+            _ = poll.tick() => want_claim = true,
+            _ = renew.tick() => {
+                if let Some(client) = db.client(&events).await {
+                    if let Err(e) = renew_leases(client, worker_id, &inflight, lease_secs, &events).await {
+                        db.fail(&events, e.to_string());
+                    }
+                }
+            }
+            _ = reap.tick() => {
+                if let Some(client) = db.client(&events).await {
+                    match client.query(sql::REAP, &[&opts.queues]).await {
+                        Ok(rows) => {
+                            for r in rows {
+                                if let (Ok(id), Ok(status)) = (r.try_get(0), r.try_get(1)) {
+                                    events(Event::Reaped { id, status });
+                                }
+                            }
+                            want_claim = true;
+                        }
+                        Err(e) => db.fail(&events, e.to_string()),
+                    }
+                }
+            }
+            () = reconnect, if !db.up() => {}
+        }
+    }
+
+    listener_stop.cancel();
+    if let Some(client) = db.client(&events).await {
+        let _ = client.execute(sql::WORKER_STOPPED, &[&worker_id]).await;
+    }
+    Ok(report)
+}
+
+/// Starts the handler for one claimed row.
+fn start(
+    row: &tokio_postgres::Row,
+    handlers: &Handlers,
+    joins: &mut JoinSet<Done>,
+) -> std::result::Result<(Uuid, InFlight), tokio_postgres::Error> {
+    let id: Uuid = row.try_get(0)?;
+    let queue: String = row.try_get(1)?;
+    let task: String = row.try_get(2)?;
+    let payload: String = row.try_get(3)?;
+    let attempt: i32 = row.try_get(4)?;
+    let max_attempts: i32 = row.try_get(5)?;
+    let trace_context: Option<serde_json::Value> = row.try_get(6)?;
+    let generation: i32 = row.try_get(7)?;
+    let span: String = row.try_get(8)?;
+    let (traceparent, tracestate) = attempt_context(trace_context.as_ref(), &span);
+    let job = Job {
+        execution_id: id,
+        task: task.clone(),
+        queue,
+        payload,
+        attempt,
+        max_attempts,
+        traceparent,
+        tracestate,
+    };
+    let stop = CancellationToken::new();
+    let handler = handlers.get(&task).cloned();
+    let token = stop.clone();
+    let task_name = task.clone();
+    joins.spawn(async move {
+        let started = Instant::now();
+        let outcome = match handler {
+            Some(h) => h.run(job, token).await,
+            // Claims are filtered by handler, so this only happens if a handler was
+            // removed between claim and start; give the attempt back.
+            None => Outcome::TempFail(format!("no handler for task {task_name}")),
+        };
+        Done {
+            id,
+            generation,
+            task: task_name,
+            attempt,
+            duration: started.elapsed(),
+            outcome,
+        }
+    });
+    Ok((id, InFlight { task, stop }))
+}
+
+/// The handler's trace context: the execution's trace id and flags with this attempt's
+/// span id. A row whose stored carrier is malformed gets a trace of its own.
+fn attempt_context(
+    trace_context: Option<&serde_json::Value>,
+    span: &str,
+) -> (String, Option<String>) {
+    let stored = trace_context
+        .and_then(|v| v.get("traceparent"))
+        .and_then(|v| v.as_str())
+        .and_then(|s| TraceParent::parse(s).ok());
+    let span_id = SpanId::from_hex(span).unwrap_or(SpanId::INVALID);
+    let tp = match stored {
+        Some(p) => TraceParent::new(p.trace_id, span_id, p.flags),
+        None => TraceParent::new(new_trace_id(), span_id, TraceFlags::SAMPLED),
+    };
+    let tracestate = trace_context
+        .and_then(|v| v.get("tracestate"))
+        .and_then(|v| v.as_str())
+        .filter(|s| !s.is_empty())
+        .map(str::to_string);
+    (tp.to_string(), tracestate)
+}
+
+/// Settles every finished attempt in `buf`: at most three statements (completed, failed,
+/// released). On error the buffer is kept for the next try; fencing makes a repeat safe.
+async fn settle_all(
+    client: &Client,
+    worker_id: Uuid,
+    opts: &WorkerOptions,
+    buf: &mut Vec<Done>,
+    report: &mut Report,
+    events: &EventSink,
+) -> std::result::Result<(), tokio_postgres::Error> {
+    let mut complete = (Vec::new(), Vec::new(), Vec::new());
+    let mut fail = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut release = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for d in buf.iter() {
+        match &d.outcome {
+            Outcome::Completed(result) => {
+                complete.0.push(d.id);
+                complete.1.push(d.generation);
+                complete.2.push(result.clone());
+            }
+            Outcome::Failed(error) | Outcome::TimedOut(error) => {
+                let kind = if matches!(d.outcome, Outcome::TimedOut(_)) {
+                    "timed_out"
+                } else {
+                    "failed"
+                };
+                fail.0.push(d.id);
+                fail.1.push(d.generation);
+                fail.2.push(error.clone());
+                fail.3.push(kind.to_string());
+                fail.4.push(opts.backoff(d.attempt).as_secs_f64());
+            }
+            Outcome::TempFail(reason) => {
+                release.0.push(d.id);
+                release.1.push(d.generation);
+                release.2.push(reason.clone());
+                release.3.push(opts.backoff(1).as_secs_f64());
+            }
+            Outcome::Stopped => {
+                release.0.push(d.id);
+                release.1.push(d.generation);
+                release
+                    .2
+                    .push("stopped by the worker (shutdown)".to_string());
+                release.3.push(0.0f64);
+            }
+        }
+    }
+    let by_id: HashMap<Uuid, &Done> = buf.iter().map(|d| (d.id, d)).collect();
+    let mut settled: std::collections::HashSet<Uuid> = std::collections::HashSet::new();
+    if !complete.0.is_empty() {
+        let rows = client
+            .query(
+                sql::COMPLETE,
+                &[&worker_id, &complete.0, &complete.1, &complete.2],
+            )
+            .await?;
+        for r in rows {
+            let id: Uuid = r.try_get(0)?;
+            settled.insert(id);
+            report.completed += 1;
+            if let Some(d) = by_id.get(&id) {
+                events(Event::Completed {
+                    id,
+                    task: d.task.clone(),
+                    attempt: d.attempt,
+                    duration: d.duration,
+                });
+            }
+        }
+    }
+    if !fail.0.is_empty() {
+        let rows = client
+            .query(
+                sql::FAIL,
+                &[&worker_id, &fail.0, &fail.1, &fail.2, &fail.3, &fail.4],
+            )
+            .await?;
+        for r in rows {
+            let id: Uuid = r.try_get(0)?;
+            let status: String = r.try_get(1)?;
+            settled.insert(id);
+            let Some(d) = by_id.get(&id) else { continue };
+            let error = match &d.outcome {
+                Outcome::Failed(e) | Outcome::TimedOut(e) => e.clone(),
+                _ => String::new(),
+            };
+            let pos = fail.0.iter().position(|x| *x == id).unwrap_or(0);
+            let retry_in = (status == "pending")
+                .then(|| Duration::from_secs_f64(fail.4.get(pos).copied().unwrap_or(0.0)));
+            if retry_in.is_some() {
+                report.retried += 1;
+            } else {
+                report.failed.push(FailedExecution {
+                    id,
+                    task: d.task.clone(),
+                    error: error.clone(),
+                });
+            }
+            events(Event::Failed {
+                id,
+                task: d.task.clone(),
+                attempt: d.attempt,
+                error,
+                retry_in,
+            });
+        }
+    }
+    if !release.0.is_empty() {
+        let rows = client
+            .query(
+                sql::RELEASE,
+                &[&worker_id, &release.0, &release.1, &release.2, &release.3],
+            )
+            .await?;
+        for r in rows {
+            let id: Uuid = r.try_get(0)?;
+            settled.insert(id);
+            report.released += 1;
+            if let Some(d) = by_id.get(&id) {
+                let reason = match &d.outcome {
+                    Outcome::TempFail(r) => r.clone(),
+                    _ => "shutdown".to_string(),
+                };
+                events(Event::Released {
+                    id,
+                    task: d.task.clone(),
+                    reason,
+                });
+            }
+        }
+    }
+    for d in buf.iter().filter(|d| !settled.contains(&d.id)) {
+        report.leases_lost += 1;
+        events(Event::LeaseLost {
+            id: d.id,
+            task: d.task.clone(),
+        });
+    }
+    buf.clear();
+    Ok(())
+}
+
+/// Extends the leases of the running handlers; stops those whose lease was taken over.
+async fn renew_leases(
+    client: &Client,
+    worker_id: Uuid,
+    inflight: &HashMap<Uuid, InFlight>,
+    lease_secs: f64,
+    events: &EventSink,
+) -> std::result::Result<(), tokio_postgres::Error> {
+    client.execute(sql::WORKER_HEARTBEAT, &[&worker_id]).await?;
+    if inflight.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = inflight.keys().copied().collect();
+    let held: std::collections::HashSet<Uuid> = client
+        .query(sql::RENEW, &[&worker_id, &ids, &lease_secs])
+        .await?
+        .iter()
+        .filter_map(|r| r.try_get(0).ok())
+        .collect();
+    for (id, f) in inflight {
+        if !held.contains(id) && !f.stop.is_cancelled() {
+            events(Event::LeaseLost {
+                id: *id,
+                task: f.task.clone(),
+            });
+            f.stop.cancel();
+        }
+    }
+    Ok(())
+}
+
+/// Keeps a LISTEN connection open and turns notifications for our queues into wake-ups;
+/// reconnects with backoff and wakes the worker after each reconnect (notifications sent
+/// while it was away are lost, the rows are not).
+async fn listen(
+    conn: ConnectOptions,
+    queues: Vec<String>,
+    wake: tokio::sync::mpsc::UnboundedSender<()>,
+    stop: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(100);
+    while !stop.is_cancelled() {
+        let attempt = async {
+            let (client, mut notes) = conn.connect_listener().await.ok()?;
+            client.batch_execute(sql::LISTEN_ENQUEUED).await.ok()?;
+            let _ = wake.send(());
+            while let Some(n) = notes.recv().await {
+                if queues.iter().any(|q| q == n.payload()) {
+                    let _ = wake.send(());
+                }
+            }
+            drop(client);
+            Some(())
+        };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            r = attempt => {
+                if r.is_some() {
+                    backoff = Duration::from_millis(100);
+                }
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,548 @@
+//! `pgc work`: real worker processes running real handler processes.
+
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::support::{Run, TestDb, run, run_with_stdin};
+
+const CALLER: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+/// Polls `check` every 50 ms until it holds or `limit` passes.
+async fn wait_for<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn enqueue(db: &TestDb, args: &[&str]) -> Uuid {
+    let mut all = vec!["enqueue"];
+    all.extend_from_slice(args);
+    let out = run(&mut db.pgc(), &all);
+    Uuid::parse_str(out.ok().stdout.trim()).unwrap()
+}
+
+fn work(db: &TestDb, args: &[&str]) -> Run {
+    let mut all = vec![
+        "work",
+        "--until-empty",
+        "--retry-delay",
+        "10ms",
+        "--poll-interval",
+        "100ms",
+    ];
+    all.extend_from_slice(args);
+    run(&mut db.pgc(), &all)
+}
+
+fn spawn_worker(db: &TestDb, args: &[&str]) -> Child {
+    db.pgc()
+        .arg("work")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn signal(child: &Child, sig: nix::sys::signal::Signal) {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+    nix::sys::signal::kill(pid, sig).unwrap();
+}
+
+struct Row {
+    status: String,
+    attempts: i32,
+    result: Option<Value>,
+    last_error: Option<String>,
+    attempt_span_id: Option<String>,
+    trace_context: Value,
+}
+
+async fn row(db: &TestDb, id: Uuid) -> Row {
+    let r = db
+        .client()
+        .await
+        .query_one(
+            "select status, attempts, result, last_error, attempt_span_id, trace_context
+             from pgconductor._private_executions where id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    Row {
+        status: r.get(0),
+        attempts: r.get(1),
+        result: r.get(2),
+        last_error: r.get(3),
+        attempt_span_id: r.get(4),
+        trace_context: r.get(5),
+    }
+}
+
+async fn earlier_attempts(db: &TestDb, id: Uuid) -> Vec<(i32, String, String, Option<String>)> {
+    db.client()
+        .await
+        .query(
+            "select attempt, span_id, outcome, error from pgconductor._private_attempts
+             where execution_id = $1 order by started_at",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_handler_gets_payload_and_context_and_its_json_stdout_is_the_result() {
+    let db = TestDb::migrated().await;
+    let id = {
+        let out = run(
+            db.pgc().env("TRACEPARENT", CALLER),
+            &[
+                "enqueue",
+                "report",
+                "--queue",
+                "q1",
+                "--payload",
+                r#"{"week": 47}"#,
+            ],
+        );
+        Uuid::parse_str(out.ok().stdout.trim()).unwrap()
+    };
+    let script = r#"payload=$(cat); printf '{"payload": %s, "tp": "%s", "id": "%s", "task": "%s", "queue": "%s", "attempt": "%s", "max": "%s", "pghost": "%s"}' "$payload" "$TRACEPARENT" "$PGC_EXECUTION_ID" "$PGC_TASK" "$PGC_QUEUE" "$PGC_ATTEMPT" "$PGC_MAX_ATTEMPTS" "$PGHOST""#;
+    let out = work(&db, &["--queue", "q1", "--", "sh", "-c", script]);
+    out.ok();
+    let r = row(&db, id).await;
+    assert_eq!(r.status, "completed");
+    assert_eq!(r.attempts, 1);
+    let result = r.result.unwrap();
+    assert_eq!(result["payload"], serde_json::json!({"week": 47}));
+    assert_eq!(result["id"], id.to_string());
+    assert_eq!(result["task"], "report");
+    assert_eq!(result["queue"], "q1");
+    assert_eq!(result["attempt"], "1");
+    assert_eq!(result["max"], "3");
+    assert_eq!(result["pghost"], "127.0.0.1");
+    // TRACEPARENT: the execution's trace, this attempt's stored span id.
+    let tp = result["tp"].as_str().unwrap();
+    let span = r.attempt_span_id.unwrap();
+    assert_eq!(tp, format!("00-0af7651916cd43dd8448eb211c80319c-{span}-01"));
+    let producer = r.trace_context["traceparent"].as_str().unwrap();
+    assert_ne!(
+        &producer[36..52],
+        span,
+        "the attempt span is not the producer span"
+    );
+}
+
+#[tokio::test]
+async fn a_failure_is_retried_then_succeeds_and_the_failed_attempt_is_kept() {
+    let db = TestDb::migrated().await;
+    let id = enqueue(&db, &["flaky"]);
+    let script = r#"cat >/dev/null; if [ "$PGC_ATTEMPT" = 1 ]; then echo "first try breaks" >&2; exit 3; fi; echo '"ok"'"#;
+    let out = work(&db, &["--", "sh", "-c", script]);
+    out.ok();
+    assert!(
+        out.stderr
+            .contains("failed (attempt 1): exit status 3: first try breaks"),
+        "{}",
+        out.stderr
+    );
+    let r = row(&db, id).await;
+    assert_eq!(r.status, "completed");
+    assert_eq!(r.attempts, 2);
+    assert_eq!(r.result, Some(Value::from("ok")));
+    let earlier = earlier_attempts(&db, id).await;
+    assert_eq!(earlier.len(), 1);
+    assert_eq!(earlier[0].0, 1);
+    assert_eq!(earlier[0].2, "failed");
+    assert_eq!(
+        earlier[0].3.as_deref(),
+        Some("exit status 3: first try breaks")
+    );
+    assert_ne!(
+        Some(&earlier[0].1),
+        r.attempt_span_id.as_ref(),
+        "each attempt has its own span"
+    );
+}
+
+#[tokio::test]
+async fn exhausted_retries_finish_as_failed_and_until_empty_exits_1() {
+    let db = TestDb::migrated().await;
+    let bad = enqueue(&db, &["broken", "--max-attempts", "2"]);
+    let good = enqueue(&db, &["fine"]);
+    let out = work(
+        &db,
+        &[
+            "--handler",
+            "broken=echo nope >&2; exit 1",
+            "--handler",
+            "fine=true",
+        ],
+    );
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains(&format!("pgc: failed: broken {bad}: exit status 1: nope")),
+        "{}",
+        out.stderr
+    );
+    let r = row(&db, bad).await;
+    assert_eq!(r.status, "failed");
+    assert_eq!(r.attempts, 2);
+    assert_eq!(r.last_error.as_deref(), Some("exit status 1: nope"));
+    assert!(
+        r.attempt_span_id.is_some(),
+        "the last attempt stays on the row"
+    );
+    assert_eq!(earlier_attempts(&db, bad).await.len(), 1);
+    assert_eq!(row(&db, good).await.status, "completed");
+}
+
+#[tokio::test]
+async fn a_handler_past_its_timeout_is_stopped_and_the_attempt_fails() {
+    let db = TestDb::migrated().await;
+    let id = enqueue(&db, &["slow", "--max-attempts", "1"]);
+    let out = work(
+        &db,
+        &[
+            "--timeout",
+            "300ms",
+            "--kill-grace",
+            "200ms",
+            "--",
+            "sleep",
+            "30",
+        ],
+    );
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let r = row(&db, id).await;
+    assert_eq!(r.status, "failed");
+    assert!(
+        r.last_error
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("timed out after"),
+        "{:?}",
+        r.last_error
+    );
+}
+
+#[tokio::test]
+async fn exit_75_runs_again_later_without_using_an_attempt() {
+    let db = TestDb::migrated().await;
+    let id = enqueue(&db, &["later", "--max-attempts", "1"]);
+    let marker = std::env::temp_dir().join(format!("pgc-tempfail-{id}"));
+    let script = format!(
+        "cat >/dev/null; if [ ! -e {m} ]; then touch {m}; echo busy >&2; exit 75; fi; echo '\"done\"'",
+        m = marker.display()
+    );
+    let out = work(&db, &["--", "sh", "-c", &script]);
+    out.ok();
+    let _ = std::fs::remove_file(&marker);
+    let r = row(&db, id).await;
+    assert_eq!(
+        r.status, "completed",
+        "max attempts 1 was not used up by exit 75"
+    );
+    assert_eq!(r.attempts, 1);
+    let earlier = earlier_attempts(&db, id).await;
+    assert_eq!(earlier.len(), 1);
+    assert_eq!(earlier[0].2, "released");
+}
+
+#[tokio::test]
+async fn an_enqueue_inside_a_handler_is_a_child_of_the_attempt() {
+    let db = TestDb::migrated().await;
+    let parent = {
+        let out = run(db.pgc().env("TRACEPARENT", CALLER), &["enqueue", "parent"]);
+        Uuid::parse_str(out.ok().stdout.trim()).unwrap()
+    };
+    let pgc = env!("CARGO_BIN_EXE_pgc");
+    let out = work(
+        &db,
+        &[
+            "--handler",
+            &format!("parent={pgc} enqueue child --queue kids >/dev/null"),
+        ],
+    );
+    out.ok();
+    let client = db.client().await;
+    let child = client
+        .query_one(
+            "select parent_execution_id, parent_span_id, trace_context
+             from pgconductor._private_executions where task_key = 'child'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let parent_row = row(&db, parent).await;
+    assert_eq!(child.get::<_, Option<Uuid>>(0), Some(parent));
+    assert_eq!(
+        child.get::<_, Option<String>>(1),
+        parent_row.attempt_span_id
+    );
+    let tc: Value = child.get(2);
+    assert!(
+        tc["traceparent"]
+            .as_str()
+            .unwrap()
+            .starts_with("00-0af7651916cd43dd8448eb211c80319c-")
+    );
+}
+
+#[tokio::test]
+async fn an_idle_worker_is_woken_by_notify_not_polling() {
+    let db = TestDb::migrated().await;
+    let mut worker = spawn_worker(&db, &["--poll-interval", "1h", "--", "true"]);
+    // Let it start, claim nothing, and go idle.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let id = enqueue(&db, &["wake"]);
+    wait_for(
+        Duration::from_secs(20),
+        "the notified worker to run the task",
+        || async { row(&db, id).await.status == "completed" },
+    )
+    .await;
+    signal(&worker, nix::sys::signal::Signal::SIGTERM);
+    assert!(worker.wait().unwrap().success());
+}
+
+#[tokio::test]
+async fn a_killed_worker_loses_its_lease_and_another_worker_completes_the_task_once() {
+    let db = TestDb::migrated().await;
+    let id = enqueue(&db, &["job"]);
+    let dir = std::env::temp_dir().join(format!("pgc-kill-{id}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let runs = dir.join("runs");
+    let script = format!(
+        "cat >/dev/null; echo \"$PGC_ATTEMPT\" >> {}; sleep 3; echo '\"late\"'",
+        runs.display()
+    );
+    let mut a = spawn_worker(&db, &["--lease", "1s", "--", "sh", "-c", &script]);
+    wait_for(
+        Duration::from_secs(20),
+        "the first worker to start the task",
+        || async { std::fs::read_to_string(&runs).is_ok() },
+    )
+    .await;
+    a.kill().unwrap(); // SIGKILL
+    a.wait().unwrap();
+    let fast = format!(
+        "cat >/dev/null; echo \"$PGC_ATTEMPT\" >> {}; echo '\"second\"'",
+        runs.display()
+    );
+    let out = work(&db, &["--lease", "1s", "--", "sh", "-c", &fast]);
+    out.ok();
+    // Give the orphaned first handler time to finish: nobody may settle its result.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let r = row(&db, id).await;
+    assert_eq!(r.status, "completed");
+    assert_eq!(r.result, Some(Value::from("second")));
+    assert_eq!(r.attempts, 2);
+    let earlier = earlier_attempts(&db, id).await;
+    assert_eq!(earlier.len(), 1);
+    assert_eq!(earlier[0].2, "lost");
+    assert_eq!(std::fs::read_to_string(&runs).unwrap(), "1\n2\n");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_worker_whose_lease_was_taken_over_cannot_settle() {
+    let db = TestDb::migrated().await;
+    let id = enqueue(&db, &["job"]);
+    let started = std::env::temp_dir().join(format!("pgc-fence-{id}"));
+    let script = format!(
+        "cat >/dev/null; touch {}; sleep 2; echo '\"from the paused worker\"'",
+        started.display()
+    );
+    let a = spawn_worker(&db, &["--lease", "1s", "--", "sh", "-c", &script]);
+    wait_for(
+        Duration::from_secs(20),
+        "the first worker to start the task",
+        || async { started.exists() },
+    )
+    .await;
+    // Freeze the worker (not its handler) past its lease.
+    signal(&a, nix::sys::signal::Signal::SIGSTOP);
+    let out = work(
+        &db,
+        &[
+            "--lease",
+            "1s",
+            "--",
+            "sh",
+            "-c",
+            "cat >/dev/null; echo '\"from the second worker\"'",
+        ],
+    );
+    out.ok();
+    assert_eq!(
+        row(&db, id).await.result,
+        Some(Value::from("from the second worker"))
+    );
+    // The first handler has finished by now; wake its worker and let it try to settle.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    signal(&a, nix::sys::signal::Signal::SIGCONT);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    signal(&a, nix::sys::signal::Signal::SIGTERM);
+    let out = a.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("lease taken over"), "{stderr}");
+    let r = row(&db, id).await;
+    assert_eq!(r.status, "completed");
+    assert_eq!(r.result, Some(Value::from("from the second worker")));
+    let _ = std::fs::remove_file(&started);
+}
+
+#[tokio::test]
+async fn sigterm_releases_a_long_task_without_failing_it_and_exits_0() {
+    let db = TestDb::migrated().await;
+    let id = enqueue(&db, &["long", "--max-attempts", "1"]);
+    let started = std::env::temp_dir().join(format!("pgc-term-{id}"));
+    let script = format!("cat >/dev/null; touch {}; sleep 30", started.display());
+    let mut w = spawn_worker(
+        &db,
+        &[
+            "--shutdown-timeout",
+            "300ms",
+            "--kill-grace",
+            "200ms",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+    );
+    wait_for(Duration::from_secs(20), "the task to start", || async {
+        started.exists()
+    })
+    .await;
+    signal(&w, nix::sys::signal::Signal::SIGTERM);
+    let status = w.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let r = row(&db, id).await;
+    assert_eq!(r.status, "pending", "released, not failed");
+    assert_eq!(r.attempts, 0, "the attempt was given back");
+    assert_eq!(earlier_attempts(&db, id).await[0].2, "released");
+    let _ = std::fs::remove_file(&started);
+}
+
+#[tokio::test]
+async fn a_handler_that_finishes_within_the_shutdown_timeout_completes() {
+    let db = TestDb::migrated().await;
+    let id = enqueue(&db, &["short"]);
+    let started = std::env::temp_dir().join(format!("pgc-grace-{id}"));
+    let script = format!(
+        "cat >/dev/null; touch {}; sleep 1; echo '\"finished\"'",
+        started.display()
+    );
+    let mut w = spawn_worker(
+        &db,
+        &["--shutdown-timeout", "20s", "--", "sh", "-c", &script],
+    );
+    wait_for(Duration::from_secs(20), "the task to start", || async {
+        started.exists()
+    })
+    .await;
+    signal(&w, nix::sys::signal::Signal::SIGINT);
+    assert!(w.wait().unwrap().success());
+    assert_eq!(row(&db, id).await.result, Some(Value::from("finished")));
+    let _ = std::fs::remove_file(&started);
+}
+
+async fn completed_once(db: &TestDb, n: i64) {
+    let client = db.client().await;
+    let r = client
+        .query_one(
+            "select count(*) filter (where status = 'completed'),
+                    count(*) filter (where attempts <> 1),
+                    (select count(*) from pgconductor._private_attempts)
+             from pgconductor._private_executions",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.get::<_, i64>(0), n, "every task completed");
+    assert_eq!(r.get::<_, i64>(1), 0, "every task was claimed exactly once");
+    assert_eq!(r.get::<_, i64>(2), 0, "no attempt was lost or repeated");
+}
+
+#[tokio::test]
+async fn four_workers_complete_twenty_thousand_tasks_exactly_once() {
+    let db = TestDb::migrated().await;
+    let mut input = String::new();
+    for i in 0..20_000 {
+        input.push_str(&format!("{{\"task\":\"t\",\"payload\":{{\"i\":{i}}}}}\n"));
+    }
+    run_with_stdin(
+        &mut db.pgc(),
+        &["enqueue", "--batch", "-"],
+        input.as_bytes(),
+    )
+    .ok();
+    let workers: Vec<Child> = (0..4)
+        .map(|_| spawn_worker(&db, &["--until-empty", "--concurrency", "8", "--", "true"]))
+        .collect();
+    for w in workers {
+        let out = w.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    completed_once(&db, 20_000).await;
+}
+
+#[tokio::test]
+async fn killed_database_connections_are_survived_and_nothing_is_lost() {
+    let db = TestDb::migrated().await;
+    let mut input = String::new();
+    for _ in 0..3000 {
+        input.push_str("{\"task\":\"t\"}\n");
+    }
+    run_with_stdin(
+        &mut db.pgc(),
+        &["enqueue", "--batch", "-"],
+        input.as_bytes(),
+    )
+    .ok();
+    let w = spawn_worker(
+        &db,
+        &["--until-empty", "--poll-interval", "100ms", "--", "true"],
+    );
+    let admin = db.client().await;
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        admin
+            .execute(
+                "select pg_terminate_backend(pid) from pg_stat_activity
+                 where datname = current_database() and application_name = 'pgc worker'",
+                &[],
+            )
+            .await
+            .unwrap();
+    }
+    let out = w.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("database connection lost"),
+        "the test killed nothing: {stderr}"
+    );
+    completed_once(&db, 3000).await;
+}
