@@ -60,6 +60,15 @@ pub enum Error {
     #[error("no execution with id {0}")]
     NotFound(uuid::Uuid),
 
+    /// The execution has already finished, so it cannot be changed.
+    #[error("execution {id} has already finished ({status})")]
+    Finished {
+        /// Execution id.
+        id: uuid::Uuid,
+        /// Its final status.
+        status: String,
+    },
+
     /// The database kept changing under a retried operation (a race lost several times).
     #[error("{0}")]
     Contended(String),

@@ -15,6 +15,7 @@ use super::output::{info, warn, write_stdout};
 use super::{GlobalArgs, connect};
 use crate::enqueue::{self, BatchOptions, NewExecution, When};
 use crate::error::Error;
+use crate::execution;
 use crate::migrate;
 use crate::traceparent::Incoming;
 
@@ -69,8 +70,18 @@ pub struct EnqueueArgs {
     pub tracestate: Option<String>,
 
     /// Print a JSON object (id, queue, task, traceparent, …) instead of the id alone.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "wait")]
     pub json: bool,
+
+    /// Wait for the execution to finish and print its result JSON instead of its id
+    /// (`null` when it has none). Exit 0 when it completed, 1 when it failed or was
+    /// cancelled. Woken by the worker's NOTIFY, with a slow poll as fallback.
+    #[arg(long, conflicts_with = "batch")]
+    pub wait: bool,
+
+    /// With --wait: give up after this long (exit 1). Default: wait as long as it takes.
+    #[arg(long, value_name = "DURATION", requires = "wait", value_parser = parse_duration)]
+    pub wait_timeout: Option<Duration>,
 
     /// Enqueue every line of a JSON Lines file (- for stdin): objects with "task" and
     /// optional "payload", "queue", "priority", "run_at", "dedupe_key", "max_attempts".
@@ -189,6 +200,9 @@ pub async fn run(global: &GlobalArgs, args: EnqueueArgs) -> Result<ExitCode> {
     // Everything the user gave is checked before the database is touched.
     new.validate()?;
     let ctx = incoming(&args).child();
+    if args.wait {
+        return enqueue_and_wait(global, &args, &new, &ctx).await;
+    }
     let client = connect(global).await?;
     migrate::check_schema(&client).await?;
     let done = enqueue::enqueue(&client, &new, &ctx).await?;
@@ -198,6 +212,48 @@ pub async fn run(global: &GlobalArgs, args: EnqueueArgs) -> Result<ExitCode> {
         write_stdout(&format!("{}\n", done.id))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `pgc enqueue --wait`: listen first (so the worker's notification cannot slip past),
+/// enqueue, then wait for the execution to finish.
+async fn enqueue_and_wait(
+    global: &GlobalArgs,
+    args: &EnqueueArgs,
+    new: &NewExecution,
+    ctx: &crate::traceparent::ProducerContext,
+) -> Result<ExitCode> {
+    let conn = global.connect_options()?;
+    let client = conn.connect().await.map_err(Error::from)?;
+    migrate::check_schema(&client).await?;
+    let (listener, mut notes) = conn.connect_listener().await.map_err(Error::from)?;
+    listener
+        .batch_execute(crate::sql::LISTEN_FINISHED)
+        .await
+        .map_err(Error::from)?;
+    let done = enqueue::enqueue(&client, new, ctx).await?;
+    let state = execution::wait(&client, &mut notes, done.id, args.wait_timeout).await?;
+    match state.status.as_str() {
+        "completed" => {
+            let result = state.result.unwrap_or_else(|| "null".to_string());
+            write_stdout(&format!("{result}\n"))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        "failed" | "cancelled" => Err(anyhow::anyhow!(
+            "execution {} {}: {}",
+            done.id,
+            state.status,
+            state
+                .last_error
+                .as_deref()
+                .and_then(|e| e.lines().next())
+                .unwrap_or("no error recorded")
+        )),
+        other => Err(anyhow::anyhow!(
+            "execution {} is still {other} after {}",
+            done.id,
+            humantime::format_duration(args.wait_timeout.unwrap_or_default())
+        )),
+    }
 }
 
 async fn run_batch(global: &GlobalArgs, args: &EnqueueArgs, source: &str) -> Result<ExitCode> {
