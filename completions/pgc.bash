@@ -16,6 +16,12 @@ _pgc() {
             ",$1")
                 cmd="pgc"
                 ;;
+            pgc,bench)
+                cmd="pgc__subcmd__bench"
+                ;;
+            pgc,cancel)
+                cmd="pgc__subcmd__cancel"
+                ;;
             pgc,completions)
                 cmd="pgc__subcmd__completions"
                 ;;
@@ -31,8 +37,17 @@ _pgc() {
             pgc,migrate)
                 cmd="pgc__subcmd__migrate"
                 ;;
+            pgc,step)
+                cmd="pgc__subcmd__step"
+                ;;
             pgc,work)
                 cmd="pgc__subcmd__work"
+                ;;
+            pgc__subcmd__help,bench)
+                cmd="pgc__subcmd__help__subcmd__bench"
+                ;;
+            pgc__subcmd__help,cancel)
+                cmd="pgc__subcmd__help__subcmd__cancel"
                 ;;
             pgc__subcmd__help,completions)
                 cmd="pgc__subcmd__help__subcmd__completions"
@@ -49,6 +64,9 @@ _pgc() {
             pgc__subcmd__help,migrate)
                 cmd="pgc__subcmd__help__subcmd__migrate"
                 ;;
+            pgc__subcmd__help,step)
+                cmd="pgc__subcmd__help__subcmd__step"
+                ;;
             pgc__subcmd__help,work)
                 cmd="pgc__subcmd__help__subcmd__work"
                 ;;
@@ -59,12 +77,64 @@ _pgc() {
 
     case "${cmd}" in
         pgc)
-            opts="-h -V --database-url --help --version migrate enqueue work completions man help"
+            opts="-h -V --database-url --help --version migrate enqueue work step cancel bench completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --database-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        pgc__subcmd__bench)
+            opts="-h -V --jobs --concurrency --latency-samples --json --database-url --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --jobs)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --concurrency)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --latency-samples)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --database-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        pgc__subcmd__cancel)
+            opts="-h -V --wait --database-url --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --wait)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --database-url)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -95,7 +165,7 @@ _pgc() {
             return 0
             ;;
         pgc__subcmd__enqueue)
-            opts="-q -p -h -V --queue --payload --run-at --delay --priority --max-attempts --dedupe-key --traceparent --tracestate --json --batch --commit-every --database-url --help --version"
+            opts="-q -p -h -V --queue --payload --run-at --delay --priority --max-attempts --dedupe-key --traceparent --tracestate --json --wait --wait-timeout --batch --commit-every --database-url --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -145,6 +215,10 @@ _pgc() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --wait-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --batch)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -165,8 +239,36 @@ _pgc() {
             return 0
             ;;
         pgc__subcmd__help)
-            opts="migrate enqueue work completions man help"
+            opts="migrate enqueue work step cancel bench completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        pgc__subcmd__help__subcmd__bench)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        pgc__subcmd__help__subcmd__cancel)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -248,6 +350,20 @@ _pgc() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        pgc__subcmd__help__subcmd__step)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         pgc__subcmd__help__subcmd__work)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -286,6 +402,24 @@ _pgc() {
             ;;
         pgc__subcmd__migrate)
             opts="-h -V --status --dry-run --json --database-url --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --database-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        pgc__subcmd__step)
+            opts="-h -V --database-url --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -26,6 +26,9 @@ set edit:completion:arg-completer[pgc] = {|@words|
             cand migrate 'Install or upgrade the pgconductor schema'
             cand enqueue 'Put a task execution (or a JSON Lines batch of them) into a queue'
             cand work 'Run tasks from queues as commands (a foreground worker)'
+            cand step 'Run a command as a memoized step of the current execution (inside a handler)'
+            cand cancel 'Cancel an execution (pending: at once; running: its worker stops it)'
+            cand bench 'Measure enqueue, work and latency on a scratch queue (in-process no-op handlers)'
             cand completions 'Print a shell completion script'
             cand man 'Print the man page, or write every page into a directory'
             cand help 'Print this message or the help of the given subcommand(s)'
@@ -52,10 +55,12 @@ set edit:completion:arg-completer[pgc] = {|@words|
             cand --dedupe-key 'While an unfinished execution of the same queue and task has this key, return its id instead of enqueuing another'
             cand --traceparent 'W3C traceparent of the caller''s span (overrides TRACEPARENT)'
             cand --tracestate 'W3C tracestate to carry with --traceparent (overrides TRACESTATE)'
+            cand --wait-timeout 'With --wait: give up after this long (exit 1). Default: wait as long as it takes'
             cand --batch 'Enqueue every line of a JSON Lines file (- for stdin): objects with "task" and optional "payload", "queue", "priority", "run_at", "dedupe_key", "max_attempts". All-or-nothing unless --commit-every is given'
             cand --commit-every 'With --batch: commit every N rows instead of once at the end'
             cand --database-url 'PostgreSQL URL (postgres://user@host:port/db?sslmode=…) or libpq conninfo string. Without it, the libpq variables PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE and PGSSLROOTCERT apply, with libpq''s defaults'
             cand --json 'Print a JSON object (id, queue, task, traceparent, …) instead of the id alone'
+            cand --wait 'Wait for the execution to finish and print its result JSON instead of its id (`null` when it has none). Exit 0 when it completed, 1 when it failed or was cancelled. Woken by the worker''s NOTIFY, with a slow poll as fallback'
             cand -h 'Print help'
             cand --help 'Print help'
             cand -V 'Print version'
@@ -82,6 +87,32 @@ set edit:completion:arg-completer[pgc] = {|@words|
             cand -V 'Print version'
             cand --version 'Print version'
         }
+        &'pgc;step'= {
+            cand --database-url 'PostgreSQL URL (postgres://user@host:port/db?sslmode=…) or libpq conninfo string. Without it, the libpq variables PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE and PGSSLROOTCERT apply, with libpq''s defaults'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'pgc;cancel'= {
+            cand --wait 'How long to wait for a running execution to stop'
+            cand --database-url 'PostgreSQL URL (postgres://user@host:port/db?sslmode=…) or libpq conninfo string. Without it, the libpq variables PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE and PGSSLROOTCERT apply, with libpq''s defaults'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'pgc;bench'= {
+            cand --jobs 'Executions to enqueue and work'
+            cand --concurrency 'Worker concurrency (in-process handlers)'
+            cand --latency-samples 'Sequential single enqueues for the latency figure'
+            cand --database-url 'PostgreSQL URL (postgres://user@host:port/db?sslmode=…) or libpq conninfo string. Without it, the libpq variables PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE and PGSSLROOTCERT apply, with libpq''s defaults'
+            cand --json 'Print JSON: enqueue_per_s, work_per_s, latency_ms {p50, p99, max}'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
         &'pgc;completions'= {
             cand --database-url 'PostgreSQL URL (postgres://user@host:port/db?sslmode=…) or libpq conninfo string. Without it, the libpq variables PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE and PGSSLROOTCERT apply, with libpq''s defaults'
             cand -h 'Print help'
@@ -101,6 +132,9 @@ set edit:completion:arg-completer[pgc] = {|@words|
             cand migrate 'Install or upgrade the pgconductor schema'
             cand enqueue 'Put a task execution (or a JSON Lines batch of them) into a queue'
             cand work 'Run tasks from queues as commands (a foreground worker)'
+            cand step 'Run a command as a memoized step of the current execution (inside a handler)'
+            cand cancel 'Cancel an execution (pending: at once; running: its worker stops it)'
+            cand bench 'Measure enqueue, work and latency on a scratch queue (in-process no-op handlers)'
             cand completions 'Print a shell completion script'
             cand man 'Print the man page, or write every page into a directory'
             cand help 'Print this message or the help of the given subcommand(s)'
@@ -110,6 +144,12 @@ set edit:completion:arg-completer[pgc] = {|@words|
         &'pgc;help;enqueue'= {
         }
         &'pgc;help;work'= {
+        }
+        &'pgc;help;step'= {
+        }
+        &'pgc;help;cancel'= {
+        }
+        &'pgc;help;bench'= {
         }
         &'pgc;help;completions'= {
         }

@@ -30,6 +30,9 @@ complete -c pgc -n "__fish_pgc_needs_command" -s V -l version -d 'Print version'
 complete -c pgc -n "__fish_pgc_needs_command" -f -a "migrate" -d 'Install or upgrade the pgconductor schema'
 complete -c pgc -n "__fish_pgc_needs_command" -f -a "enqueue" -d 'Put a task execution (or a JSON Lines batch of them) into a queue'
 complete -c pgc -n "__fish_pgc_needs_command" -f -a "work" -d 'Run tasks from queues as commands (a foreground worker)'
+complete -c pgc -n "__fish_pgc_needs_command" -f -a "step" -d 'Run a command as a memoized step of the current execution (inside a handler)'
+complete -c pgc -n "__fish_pgc_needs_command" -f -a "cancel" -d 'Cancel an execution (pending: at once; running: its worker stops it)'
+complete -c pgc -n "__fish_pgc_needs_command" -f -a "bench" -d 'Measure enqueue, work and latency on a scratch queue (in-process no-op handlers)'
 complete -c pgc -n "__fish_pgc_needs_command" -f -a "completions" -d 'Print a shell completion script'
 complete -c pgc -n "__fish_pgc_needs_command" -f -a "man" -d 'Print the man page, or write every page into a directory'
 complete -c pgc -n "__fish_pgc_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
@@ -48,10 +51,12 @@ complete -c pgc -n "__fish_pgc_using_subcommand enqueue" -l max-attempts -d 'Att
 complete -c pgc -n "__fish_pgc_using_subcommand enqueue" -l dedupe-key -d 'While an unfinished execution of the same queue and task has this key, return its id instead of enqueuing another' -r
 complete -c pgc -n "__fish_pgc_using_subcommand enqueue" -l traceparent -d 'W3C traceparent of the caller\'s span (overrides TRACEPARENT)' -r
 complete -c pgc -n "__fish_pgc_using_subcommand enqueue" -l tracestate -d 'W3C tracestate to carry with --traceparent (overrides TRACESTATE)' -r
+complete -c pgc -n "__fish_pgc_using_subcommand enqueue" -l wait-timeout -d 'With --wait: give up after this long (exit 1). Default: wait as long as it takes' -r
 complete -c pgc -n "__fish_pgc_using_subcommand enqueue" -l batch -d 'Enqueue every line of a JSON Lines file (- for stdin): objects with "task" and optional "payload", "queue", "priority", "run_at", "dedupe_key", "max_attempts". All-or-nothing unless --commit-every is given' -r
 complete -c pgc -n "__fish_pgc_using_subcommand enqueue" -l commit-every -d 'With --batch: commit every N rows instead of once at the end' -r
 complete -c pgc -n "__fish_pgc_using_subcommand enqueue" -l database-url -d 'PostgreSQL URL (postgres://user@host:port/db?sslmode=…) or libpq conninfo string. Without it, the libpq variables PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE and PGSSLROOTCERT apply, with libpq\'s defaults' -r
 complete -c pgc -n "__fish_pgc_using_subcommand enqueue" -l json -d 'Print a JSON object (id, queue, task, traceparent, …) instead of the id alone'
+complete -c pgc -n "__fish_pgc_using_subcommand enqueue" -l wait -d 'Wait for the execution to finish and print its result JSON instead of its id (`null` when it has none). Exit 0 when it completed, 1 when it failed or was cancelled. Woken by the worker\'s NOTIFY, with a slow poll as fallback'
 complete -c pgc -n "__fish_pgc_using_subcommand enqueue" -s h -l help -d 'Print help'
 complete -c pgc -n "__fish_pgc_using_subcommand enqueue" -s V -l version -d 'Print version'
 complete -c pgc -n "__fish_pgc_using_subcommand work" -s q -l queue -d 'Queue to work (repeat for several)' -r
@@ -68,6 +73,20 @@ complete -c pgc -n "__fish_pgc_using_subcommand work" -l until-empty -d 'Drain t
 complete -c pgc -n "__fish_pgc_using_subcommand work" -s v -l verbose -d 'Log every completed attempt too, not only failures'
 complete -c pgc -n "__fish_pgc_using_subcommand work" -s h -l help -d 'Print help'
 complete -c pgc -n "__fish_pgc_using_subcommand work" -s V -l version -d 'Print version'
+complete -c pgc -n "__fish_pgc_using_subcommand step" -l database-url -d 'PostgreSQL URL (postgres://user@host:port/db?sslmode=…) or libpq conninfo string. Without it, the libpq variables PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE and PGSSLROOTCERT apply, with libpq\'s defaults' -r
+complete -c pgc -n "__fish_pgc_using_subcommand step" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c pgc -n "__fish_pgc_using_subcommand step" -s V -l version -d 'Print version'
+complete -c pgc -n "__fish_pgc_using_subcommand cancel" -l wait -d 'How long to wait for a running execution to stop' -r
+complete -c pgc -n "__fish_pgc_using_subcommand cancel" -l database-url -d 'PostgreSQL URL (postgres://user@host:port/db?sslmode=…) or libpq conninfo string. Without it, the libpq variables PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE and PGSSLROOTCERT apply, with libpq\'s defaults' -r
+complete -c pgc -n "__fish_pgc_using_subcommand cancel" -s h -l help -d 'Print help'
+complete -c pgc -n "__fish_pgc_using_subcommand cancel" -s V -l version -d 'Print version'
+complete -c pgc -n "__fish_pgc_using_subcommand bench" -l jobs -d 'Executions to enqueue and work' -r
+complete -c pgc -n "__fish_pgc_using_subcommand bench" -l concurrency -d 'Worker concurrency (in-process handlers)' -r
+complete -c pgc -n "__fish_pgc_using_subcommand bench" -l latency-samples -d 'Sequential single enqueues for the latency figure' -r
+complete -c pgc -n "__fish_pgc_using_subcommand bench" -l database-url -d 'PostgreSQL URL (postgres://user@host:port/db?sslmode=…) or libpq conninfo string. Without it, the libpq variables PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE and PGSSLROOTCERT apply, with libpq\'s defaults' -r
+complete -c pgc -n "__fish_pgc_using_subcommand bench" -l json -d 'Print JSON: enqueue_per_s, work_per_s, latency_ms {p50, p99, max}'
+complete -c pgc -n "__fish_pgc_using_subcommand bench" -s h -l help -d 'Print help'
+complete -c pgc -n "__fish_pgc_using_subcommand bench" -s V -l version -d 'Print version'
 complete -c pgc -n "__fish_pgc_using_subcommand completions" -l database-url -d 'PostgreSQL URL (postgres://user@host:port/db?sslmode=…) or libpq conninfo string. Without it, the libpq variables PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE and PGSSLROOTCERT apply, with libpq\'s defaults' -r
 complete -c pgc -n "__fish_pgc_using_subcommand completions" -s h -l help -d 'Print help'
 complete -c pgc -n "__fish_pgc_using_subcommand completions" -s V -l version -d 'Print version'
@@ -75,9 +94,12 @@ complete -c pgc -n "__fish_pgc_using_subcommand man" -l dir -d 'Write every page
 complete -c pgc -n "__fish_pgc_using_subcommand man" -l database-url -d 'PostgreSQL URL (postgres://user@host:port/db?sslmode=…) or libpq conninfo string. Without it, the libpq variables PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE and PGSSLROOTCERT apply, with libpq\'s defaults' -r
 complete -c pgc -n "__fish_pgc_using_subcommand man" -s h -l help -d 'Print help'
 complete -c pgc -n "__fish_pgc_using_subcommand man" -s V -l version -d 'Print version'
-complete -c pgc -n "__fish_pgc_using_subcommand help; and not __fish_seen_subcommand_from migrate enqueue work completions man help" -f -a "migrate" -d 'Install or upgrade the pgconductor schema'
-complete -c pgc -n "__fish_pgc_using_subcommand help; and not __fish_seen_subcommand_from migrate enqueue work completions man help" -f -a "enqueue" -d 'Put a task execution (or a JSON Lines batch of them) into a queue'
-complete -c pgc -n "__fish_pgc_using_subcommand help; and not __fish_seen_subcommand_from migrate enqueue work completions man help" -f -a "work" -d 'Run tasks from queues as commands (a foreground worker)'
-complete -c pgc -n "__fish_pgc_using_subcommand help; and not __fish_seen_subcommand_from migrate enqueue work completions man help" -f -a "completions" -d 'Print a shell completion script'
-complete -c pgc -n "__fish_pgc_using_subcommand help; and not __fish_seen_subcommand_from migrate enqueue work completions man help" -f -a "man" -d 'Print the man page, or write every page into a directory'
-complete -c pgc -n "__fish_pgc_using_subcommand help; and not __fish_seen_subcommand_from migrate enqueue work completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c pgc -n "__fish_pgc_using_subcommand help; and not __fish_seen_subcommand_from migrate enqueue work step cancel bench completions man help" -f -a "migrate" -d 'Install or upgrade the pgconductor schema'
+complete -c pgc -n "__fish_pgc_using_subcommand help; and not __fish_seen_subcommand_from migrate enqueue work step cancel bench completions man help" -f -a "enqueue" -d 'Put a task execution (or a JSON Lines batch of them) into a queue'
+complete -c pgc -n "__fish_pgc_using_subcommand help; and not __fish_seen_subcommand_from migrate enqueue work step cancel bench completions man help" -f -a "work" -d 'Run tasks from queues as commands (a foreground worker)'
+complete -c pgc -n "__fish_pgc_using_subcommand help; and not __fish_seen_subcommand_from migrate enqueue work step cancel bench completions man help" -f -a "step" -d 'Run a command as a memoized step of the current execution (inside a handler)'
+complete -c pgc -n "__fish_pgc_using_subcommand help; and not __fish_seen_subcommand_from migrate enqueue work step cancel bench completions man help" -f -a "cancel" -d 'Cancel an execution (pending: at once; running: its worker stops it)'
+complete -c pgc -n "__fish_pgc_using_subcommand help; and not __fish_seen_subcommand_from migrate enqueue work step cancel bench completions man help" -f -a "bench" -d 'Measure enqueue, work and latency on a scratch queue (in-process no-op handlers)'
+complete -c pgc -n "__fish_pgc_using_subcommand help; and not __fish_seen_subcommand_from migrate enqueue work step cancel bench completions man help" -f -a "completions" -d 'Print a shell completion script'
+complete -c pgc -n "__fish_pgc_using_subcommand help; and not __fish_seen_subcommand_from migrate enqueue work step cancel bench completions man help" -f -a "man" -d 'Print the man page, or write every page into a directory'
+complete -c pgc -n "__fish_pgc_using_subcommand help; and not __fish_seen_subcommand_from migrate enqueue work step cancel bench completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

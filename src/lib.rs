@@ -4,10 +4,12 @@
 //! W3C Trace Context ([`traceparent`]) and enqueueing ([`enqueue`]). The [`cli`] module
 //! is the `pgc` command line and the only code that prints.
 
+pub mod bench;
 pub mod cli;
 pub mod db;
 pub mod enqueue;
 pub mod error;
+pub mod execution;
 pub mod handler;
 pub mod jsonb;
 pub mod migrate;

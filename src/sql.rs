@@ -107,7 +107,10 @@ pub fn trace_id_range(trace_id: &str) -> (String, String) {
 
 // ---------------------------------------------------------------------------------------
 // Worker. Every settle names the worker and the lease generation it claimed (fencing): a
-// worker whose lease was taken over changes nothing.
+// worker whose lease was taken over changes nothing. `locked_by` is set exactly while an
+// execution is running (a check constraint says so), so settles do not also test
+// `status = 'running'`: that predicate would draw the planner to the partial lease index,
+// whose dead entries grow with every settled row, instead of the primary key.
 
 /// Register a worker (`$1` id, `$2` host, `$3` pid, `$4` queues, `$5` version).
 pub const WORKER_REGISTER: &str = "
@@ -152,21 +155,25 @@ set status = 'running',
     -- 16 hex digits of a random UUID's second half: random, never all zeros (its
     -- variant digit is 8-b).
     attempt_span_id = substr(replace(gen_random_uuid()::text, '-', ''), 17, 16)
-from c
-where e.id = c.id
+-- `= any(array(…))` keeps the plan an index lookup per claimed row; a join with the CTE
+-- can turn into a hash join over the whole table.
+where e.id = any(array(select id from c))
 returning e.id, e.queue, e.task_key, e.payload::text, e.attempts, e.max_attempts,
           e.trace_context, e.lease_generation, e.attempt_span_id";
 
 /// Settle completed attempts: `$2` ids, `$3` generations, `$4` results (JSON text or
-/// null). Returns the ids it settled; the others had lost their lease.
+/// null), and wake `--wait`ers (PostgreSQL sends one notification per transaction for
+/// the identical ones). Returns the ids it settled; the others had lost their lease.
 pub const COMPLETE: &str = "
-update pgconductor._private_executions e
-set status = 'completed', result = v.result::jsonb, finished_at = now(),
-    locked_by = null, locked_until = null
-from unnest($2::uuid[], $3::int[], $4::text[]) as v(id, generation, result)
-where e.id = v.id and e.locked_by = $1 and e.lease_generation = v.generation
-  and e.status = 'running'
-returning e.id";
+with upd as (
+    update pgconductor._private_executions e
+    set status = 'completed', result = v.result::jsonb, finished_at = now(),
+        locked_by = null, locked_until = null
+    from unnest($2::uuid[], $3::int[], $4::text[]) as v(id, generation, result)
+    where e.id = v.id and e.locked_by = $1 and e.lease_generation = v.generation
+    returning e.id
+)
+select id, pg_notify('pgconductor_finished', '')::text from upd";
 
 /// Settle failed attempts: `$2` ids, `$3` generations, `$4` errors, `$5` outcomes
 /// (`failed` or `timed_out`), `$6` retry delays in seconds. With attempts left the
@@ -182,7 +189,7 @@ with v as (
            v.error, v.outcome, v.delay, e.attempts >= e.max_attempts as final
     from pgconductor._private_executions e
     join v on e.id = v.id
-    where e.locked_by = $1 and e.lease_generation = v.generation and e.status = 'running'
+    where e.locked_by = $1 and e.lease_generation = v.generation
     for update of e
 ), upd as (
     update pgconductor._private_executions e
@@ -195,7 +202,7 @@ with v as (
         attempt_span_id = case when o.final then e.attempt_span_id end,
         started_at = case when o.final then e.started_at end
     from old o
-    where e.id = o.id
+    where e.id = o.id and e.id = any(array(select id from old))
     returning e.id, e.status
 ), moved as (
     insert into pgconductor._private_attempts
@@ -216,7 +223,7 @@ with v as (
     select e.id, e.attempts, e.attempt_span_id, e.locked_by, e.started_at, v.reason, v.delay
     from pgconductor._private_executions e
     join v on e.id = v.id
-    where e.locked_by = $1 and e.lease_generation = v.generation and e.status = 'running'
+    where e.locked_by = $1 and e.lease_generation = v.generation
     for update of e
 ), upd as (
     update pgconductor._private_executions e
@@ -225,7 +232,7 @@ with v as (
         last_error = o.reason,
         locked_by = null, locked_until = null, attempt_span_id = null, started_at = null
     from old o
-    where e.id = o.id
+    where e.id = o.id and e.id = any(array(select id from old))
     returning e.id
 ), moved as (
     insert into pgconductor._private_attempts
@@ -236,12 +243,13 @@ with v as (
 select id from upd";
 
 /// Extend the leases of worker `$1` on executions `$2` by `$3` seconds. Returns the ids
-/// it still holds; a missing id was taken over.
+/// it still holds, each with whether `pgc cancel` asked to stop it (the fallback for a
+/// lost cancel notification); a missing id was taken over.
 pub const RENEW: &str = "
 update pgconductor._private_executions
 set locked_until = now() + make_interval(secs => $3::float8)
-where id = any($2::uuid[]) and locked_by = $1 and status = 'running'
-returning id";
+where id = any($2::uuid[]) and locked_by = $1
+returning id, cancel_requested_at is not null";
 
 /// Recover executions of the queues `$1` whose lease expired (their worker died): the
 /// attempt is recorded as `lost` and the execution waits to run again, or is finished as
@@ -264,7 +272,7 @@ with old as (
         attempt_span_id = case when o.final then e.attempt_span_id end,
         started_at = case when o.final then e.started_at end
     from old o
-    where e.id = o.id
+    where e.id = o.id and e.id = any(array(select id from old))
     returning e.id, e.status
 ), moved as (
     insert into pgconductor._private_attempts
@@ -292,3 +300,80 @@ select exists (
 
 /// Listen for enqueue notifications.
 pub const LISTEN_ENQUEUED: &str = "listen pgconductor_enqueued";
+
+/// Channel a worker notifies (empty payload) whenever executions finish, so that
+/// `pgc enqueue --wait` and `pgc cancel` re-check without polling.
+pub const FINISHED_CHANNEL: &str = "pgconductor_finished";
+
+/// Listen for finished executions.
+pub const LISTEN_FINISHED: &str = "listen pgconductor_finished";
+
+/// Channel `pgc cancel` notifies with the id of a running execution to stop.
+pub const CANCEL_CHANNEL: &str = "pgconductor_cancel";
+
+/// Listen for cancellations.
+pub const LISTEN_CANCEL: &str = "listen pgconductor_cancel";
+
+/// Wake waiters after settling (one notification per transaction: PostgreSQL folds
+/// identical ones).
+pub const NOTIFY_FINISHED: &str = "select pg_notify('pgconductor_finished', '')";
+
+/// Where an execution stands (`pgc enqueue --wait`, `pgc cancel`).
+pub const EXECUTION_STATE: &str = "
+select status, result::text, last_error
+from pgconductor._private_executions where id = $1";
+
+/// Cancel execution `$1`: a pending one is cancelled at once; a running one is marked
+/// and its worker told through NOTIFY (it stops the handler and settles it as
+/// cancelled). Returns the status it had; no row when there is no such execution.
+pub const CANCEL: &str = "
+with target as (
+    select id, status from pgconductor._private_executions where id = $1 for update
+), upd as (
+    update pgconductor._private_executions e
+    set status = case when t.status = 'pending' then 'cancelled' else e.status end,
+        finished_at = case when t.status = 'pending' then now() else e.finished_at end,
+        last_error = case when t.status = 'pending' then 'cancelled' else e.last_error end,
+        cancel_requested_at = case when t.status = 'running' then now()
+                                   else e.cancel_requested_at end
+    from target t
+    where e.id = t.id and t.status in ('pending', 'running')
+    returning e.id
+), notified as (
+    select pg_notify(case when t.status = 'running' then 'pgconductor_cancel'
+                          else 'pgconductor_finished' end,
+                     case when t.status = 'running' then t.id::text else '' end)
+    from target t
+    where t.status in ('pending', 'running')
+)
+select t.status, (select count(*) from notified) from target t";
+
+/// Settle attempts stopped by `pgc cancel`: `$2` ids, `$3` generations.
+pub const SETTLE_CANCELLED: &str = "
+update pgconductor._private_executions e
+set status = 'cancelled', finished_at = now(), last_error = 'cancelled',
+    locked_by = null, locked_until = null
+from unnest($2::uuid[], $3::int[]) as v(id, generation)
+where e.id = v.id and e.locked_by = $1 and e.lease_generation = v.generation
+  and e.cancel_requested_at is not null
+returning e.id";
+
+// ---------------------------------------------------------------------------------------
+// Steps (`pgc step NAME -- COMMAND`): memoized per execution.
+
+/// The stored output of step `$2` of execution `$1`, if it completed in any attempt.
+pub const STEP_COMPLETED: &str = "
+select output, exit_code from pgconductor._private_steps
+where execution_id = $1 and name = $2 and status = 'completed'";
+
+/// Record one run of a step: `$1` execution, `$2` attempt, `$3` name, `$4` span id,
+/// `$5` status (`completed`/`failed`), `$6` output (completed only), `$7` exit code,
+/// `$8` started at, `$9` finished at. A re-run in the same attempt replaces the record.
+pub const STEP_RECORD: &str = "
+insert into pgconductor._private_steps
+    (execution_id, attempt, name, span_id, status, output, exit_code, started_at, finished_at)
+values ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+on conflict (execution_id, attempt, name) do update
+set span_id = excluded.span_id, status = excluded.status, output = excluded.output,
+    exit_code = excluded.exit_code, started_at = excluded.started_at,
+    finished_at = excluded.finished_at";

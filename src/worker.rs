@@ -163,6 +163,13 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// Stopped and finished as cancelled (`pgc cancel`).
+    Cancelled {
+        /// Execution id.
+        id: Uuid,
+        /// Task name.
+        task: String,
+    },
     /// The lease was taken over; the attempt's result was discarded.
     LeaseLost {
         /// Execution id.
@@ -218,6 +225,8 @@ pub struct Report {
     pub released: u64,
     /// Attempts whose lease was taken over.
     pub leases_lost: u64,
+    /// Executions stopped by `pgc cancel`.
+    pub cancelled: u64,
 }
 
 /// Tells a running worker to stop: `graceful` stops claiming and lets handlers finish
@@ -323,7 +332,14 @@ pub async fn run(
         retry_at: Instant::now(),
         backoff: Duration::from_millis(100),
     };
-    let (wake_tx, mut wake_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    // Settles go through a connection of their own (opened on first use).
+    let mut settle_db = Db {
+        opts: conn.clone(),
+        client: None,
+        retry_at: Instant::now(),
+        backoff: Duration::from_millis(100),
+    };
+    let (wake_tx, mut wake_rx) = tokio::sync::mpsc::unbounded_channel::<Wake>();
     let listener_stop = CancellationToken::new();
     tokio::spawn(listen(
         conn.clone(),
@@ -338,6 +354,8 @@ pub async fn run(
     let mut joins: JoinSet<Done> = JoinSet::new();
     let mut inflight: HashMap<Uuid, InFlight> = HashMap::new();
     let mut settle: Vec<Done> = Vec::new();
+    // Executions `pgc cancel` asked to stop: their Stopped outcome settles as cancelled.
+    let mut cancelling: std::collections::HashSet<Uuid> = std::collections::HashSet::new();
     let mut want_claim = true;
     let mut stopping = false;
     let mut stopped_handlers = false;
@@ -350,41 +368,67 @@ pub async fn run(
     }
 
     loop {
-        if !settle.is_empty()
-            && let Some(client) = db.client(&events).await
-        {
-            match settle_all(client, worker_id, &opts, &mut settle, &mut report, &events).await {
-                Ok(()) => {}
-                Err(e) => db.fail(&events, e.to_string()),
-            }
-        }
-
+        // Settle what finished and claim more at once, on two connections, so that
+        // PostgreSQL works on both while the other waits (fetch and flush overlap).
         let free = opts.concurrency.saturating_sub(inflight.len());
-        if !stopping && want_claim && free > 0 {
-            let n = free.min(opts.claim_batch);
-            if let Some(client) = db.client(&events).await {
-                let limit = i64::try_from(n).unwrap_or(i64::MAX);
-                match client
+        let claim_n = if !stopping && want_claim && free > 0 {
+            free.min(opts.claim_batch)
+        } else {
+            0
+        };
+        let settling = async {
+            if settle.is_empty() {
+                return None;
+            }
+            let client = settle_db.client(&events).await?;
+            Some(
+                settle_all(
+                    client,
+                    worker_id,
+                    &opts,
+                    &mut settle,
+                    &cancelling,
+                    &mut report,
+                    &events,
+                )
+                .await,
+            )
+        };
+        let claiming = async {
+            if claim_n == 0 {
+                return None;
+            }
+            let client = db.client(&events).await?;
+            let limit = i64::try_from(claim_n).unwrap_or(i64::MAX);
+            Some(
+                client
                     .query(
                         sql::CLAIM,
                         &[&worker_id, &opts.queues, &limit, &claimable, &lease_secs],
                     )
-                    .await
-                {
-                    Ok(rows) => {
-                        want_claim = rows.len() == n;
-                        for row in rows {
-                            match start(&row, &handlers, &mut joins) {
-                                Ok((id, flight)) => {
-                                    inflight.insert(id, flight);
-                                }
-                                Err(e) => db.fail(&events, e.to_string()),
-                            }
+                    .await,
+            )
+        };
+        let (settled, claimed) = tokio::join!(settling, claiming);
+        match settled {
+            Some(Ok(())) => cancelling.retain(|id| inflight.contains_key(id)),
+            Some(Err(e)) => settle_db.fail(&events, e.to_string()),
+            None => {}
+        }
+        match claimed {
+            Some(Ok(rows)) => {
+                want_claim = rows.len() == claim_n;
+                for row in rows {
+                    match start(&row, &handlers, &mut joins) {
+                        Ok((id, flight)) => {
+                            inflight.insert(id, flight);
                         }
+                        Err(e) => db.fail(&events, e.to_string()),
                     }
-                    Err(e) => db.fail(&events, e.to_string()),
                 }
             }
+            Some(Err(e)) => db.fail(&events, e.to_string()),
+            None => {}
         }
 
         if stopping && inflight.is_empty() && settle.is_empty() {
@@ -409,7 +453,7 @@ pub async fn run(
         }
 
         let reconnect = async {
-            tokio::time::sleep_until(db.retry_at.into()).await;
+            tokio::time::sleep_until(db.retry_at.max(settle_db.retry_at).into()).await;
         };
         tokio::select! {
             biased;
@@ -445,15 +489,34 @@ pub async fn run(
                 }
                 want_claim = true;
             }
-            Some(()) = wake_rx.recv() => {
-                while wake_rx.try_recv().is_ok() {}
-                want_claim = true;
+            Some(wake) = wake_rx.recv() => {
+                let mut handle = |w: Wake| match w {
+                    Wake::Enqueued => want_claim = true,
+                    Wake::Cancel(id) => {
+                        if let Some(f) = inflight.get(&id) {
+                            cancelling.insert(id);
+                            f.stop.cancel();
+                        }
+                    }
+                };
+                handle(wake);
+                while let Ok(w) = wake_rx.try_recv() {
+                    handle(w);
+                }
             }
             _ = poll.tick() => want_claim = true,
             _ = renew.tick() => {
                 if let Some(client) = db.client(&events).await {
-                    if let Err(e) = renew_leases(client, worker_id, &inflight, lease_secs, &events).await {
-                        db.fail(&events, e.to_string());
+                    match renew_leases(client, worker_id, &inflight, lease_secs, &events).await {
+                        Ok(cancel) => {
+                            for id in cancel {
+                                if let Some(f) = inflight.get(&id) {
+                                    cancelling.insert(id);
+                                    f.stop.cancel();
+                                }
+                            }
+                        }
+                        Err(e) => db.fail(&events, e.to_string()),
                     }
                 }
             }
@@ -461,10 +524,15 @@ pub async fn run(
                 if let Some(client) = db.client(&events).await {
                     match client.query(sql::REAP, &[&opts.queues]).await {
                         Ok(rows) => {
+                            let mut finished = false;
                             for r in rows {
-                                if let (Ok(id), Ok(status)) = (r.try_get(0), r.try_get(1)) {
+                                if let (Ok(id), Ok(status)) = (r.try_get(0), r.try_get::<_, String>(1)) {
+                                    finished |= status == "failed";
                                     events(Event::Reaped { id, status });
                                 }
+                            }
+                            if finished && let Err(e) = client.execute(sql::NOTIFY_FINISHED, &[]).await {
+                                db.fail(&events, e.to_string());
                             }
                             want_claim = true;
                         }
@@ -472,7 +540,7 @@ pub async fn run(
                     }
                 }
             }
-            () = reconnect, if !db.up() => {}
+            () = reconnect, if !db.up() || (!settle.is_empty() && !settle_db.up()) => {}
         }
     }
 
@@ -563,11 +631,13 @@ async fn settle_all(
     worker_id: Uuid,
     opts: &WorkerOptions,
     buf: &mut Vec<Done>,
+    cancelling: &std::collections::HashSet<Uuid>,
     report: &mut Report,
     events: &EventSink,
 ) -> std::result::Result<(), tokio_postgres::Error> {
     let mut complete = (Vec::new(), Vec::new(), Vec::new());
-    let mut fail = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut cancelled = (Vec::new(), Vec::new());
+    let mut fail: FailBatch = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut release = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for d in buf.iter() {
         match &d.outcome {
@@ -593,6 +663,10 @@ async fn settle_all(
                 release.1.push(d.generation);
                 release.2.push(reason.clone());
                 release.3.push(opts.backoff(1).as_secs_f64());
+            }
+            Outcome::Stopped if cancelling.contains(&d.id) => {
+                cancelled.0.push(d.id);
+                cancelled.1.push(d.generation);
             }
             Outcome::Stopped => {
                 release.0.push(d.id);
@@ -688,6 +762,30 @@ async fn settle_all(
             }
         }
     }
+    if !cancelled.0.is_empty() {
+        let rows = client
+            .query(
+                sql::SETTLE_CANCELLED,
+                &[&worker_id, &cancelled.0, &cancelled.1],
+            )
+            .await?;
+        for r in rows {
+            let id: Uuid = r.try_get(0)?;
+            settled.insert(id);
+            report.cancelled += 1;
+            if let Some(d) = by_id.get(&id) {
+                events(Event::Cancelled {
+                    id,
+                    task: d.task.clone(),
+                });
+            }
+        }
+    }
+    // Anything finished (not merely retried or released): wake `--wait` and `cancel`.
+    // (COMPLETE notifies by itself.)
+    if !cancelled.0.is_empty() || report_has_final(&fail, buf) {
+        client.execute(sql::NOTIFY_FINISHED, &[]).await?;
+    }
     for d in buf.iter().filter(|d| !settled.contains(&d.id)) {
         report.leases_lost += 1;
         events(Event::LeaseLost {
@@ -699,25 +797,43 @@ async fn settle_all(
     Ok(())
 }
 
-/// Extends the leases of the running handlers; stops those whose lease was taken over.
+/// Whether any failed attempt in this settle may have been the last one (the statement
+/// decides; a notification too many only costs waiters one re-check).
+fn report_has_final(fail: &FailBatch, buf: &[Done]) -> bool {
+    fail.0.iter().any(|id| {
+        buf.iter()
+            .any(|d| d.id == *id && matches!(d.outcome, Outcome::Failed(_) | Outcome::TimedOut(_)))
+    })
+}
+
+type FailBatch = (Vec<Uuid>, Vec<i32>, Vec<String>, Vec<String>, Vec<f64>);
+
+/// Extends the leases of the running handlers and stops those whose lease was taken
+/// over. Returns the ids `pgc cancel` asked to stop.
 async fn renew_leases(
     client: &Client,
     worker_id: Uuid,
     inflight: &HashMap<Uuid, InFlight>,
     lease_secs: f64,
     events: &EventSink,
-) -> std::result::Result<(), tokio_postgres::Error> {
+) -> std::result::Result<Vec<Uuid>, tokio_postgres::Error> {
     client.execute(sql::WORKER_HEARTBEAT, &[&worker_id]).await?;
     if inflight.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let ids: Vec<Uuid> = inflight.keys().copied().collect();
-    let held: std::collections::HashSet<Uuid> = client
+    let rows = client
         .query(sql::RENEW, &[&worker_id, &ids, &lease_secs])
-        .await?
-        .iter()
-        .filter_map(|r| r.try_get(0).ok())
-        .collect();
+        .await?;
+    let mut held = std::collections::HashSet::new();
+    let mut cancel = Vec::new();
+    for r in &rows {
+        let id: Uuid = r.try_get(0)?;
+        if r.try_get::<_, bool>(1)? {
+            cancel.push(id);
+        }
+        held.insert(id);
+    }
     for (id, f) in inflight {
         if !held.contains(id) && !f.stop.is_cancelled() {
             events(Event::LeaseLost {
@@ -727,27 +843,43 @@ async fn renew_leases(
             f.stop.cancel();
         }
     }
-    Ok(())
+    Ok(cancel)
 }
 
-/// Keeps a LISTEN connection open and turns notifications for our queues into wake-ups;
-/// reconnects with backoff and wakes the worker after each reconnect (notifications sent
-/// while it was away are lost, the rows are not).
+/// Why the listener woke the worker.
+enum Wake {
+    /// Work was enqueued on one of our queues (or the listener reconnected).
+    Enqueued,
+    /// `pgc cancel` asked to stop this execution.
+    Cancel(Uuid),
+}
+
+/// Keeps a LISTEN connection open and turns notifications into wake-ups: enqueues on
+/// our queues and cancellations. Reconnects with backoff and wakes the worker after
+/// each reconnect (notifications sent while it was away are lost, the rows are not;
+/// lease renewal catches lost cancellations).
 async fn listen(
     conn: ConnectOptions,
     queues: Vec<String>,
-    wake: tokio::sync::mpsc::UnboundedSender<()>,
+    wake: tokio::sync::mpsc::UnboundedSender<Wake>,
     stop: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(100);
     while !stop.is_cancelled() {
         let attempt = async {
             let (client, mut notes) = conn.connect_listener().await.ok()?;
-            client.batch_execute(sql::LISTEN_ENQUEUED).await.ok()?;
-            let _ = wake.send(());
+            client
+                .batch_execute(&format!("{}; {}", sql::LISTEN_ENQUEUED, sql::LISTEN_CANCEL))
+                .await
+                .ok()?;
+            let _ = wake.send(Wake::Enqueued);
             while let Some(n) = notes.recv().await {
-                if queues.iter().any(|q| q == n.payload()) {
-                    let _ = wake.send(());
+                if n.channel() == sql::CANCEL_CHANNEL {
+                    if let Ok(id) = Uuid::parse_str(n.payload()) {
+                        let _ = wake.send(Wake::Cancel(id));
+                    }
+                } else if queues.iter().any(|q| q == n.payload()) {
+                    let _ = wake.send(Wake::Enqueued);
                 }
             }
             drop(client);

@@ -5,10 +5,13 @@
 //! `man` work without one. Exit codes are decided in one place, [`main`]: 0 success,
 //! 1 failure, 2 bad input or usage; a closed stdout (`| head`) is a quiet 0.
 
+mod bench;
+mod cancel;
 mod docs;
 mod enqueue;
 mod migrate;
 mod output;
+mod step;
 mod work;
 
 use std::process::ExitCode;
@@ -68,6 +71,12 @@ pub enum Command {
     Enqueue(enqueue::EnqueueArgs),
     /// Run tasks from queues as commands (a foreground worker).
     Work(work::WorkArgs),
+    /// Run a command as a memoized step of the current execution (inside a handler).
+    Step(step::StepArgs),
+    /// Cancel an execution (pending: at once; running: its worker stops it).
+    Cancel(cancel::CancelArgs),
+    /// Measure enqueue, work and latency on a scratch queue (in-process no-op handlers).
+    Bench(bench::BenchArgs),
     /// Print a shell completion script.
     Completions(docs::CompletionsArgs),
     /// Print the man page, or write every page into a directory.
@@ -86,6 +95,9 @@ pub fn main() -> ExitCode {
         Command::Migrate(args) => with_runtime(|| migrate::run(&cli.global, args)),
         Command::Enqueue(args) => with_runtime(|| enqueue::run(&cli.global, args)),
         Command::Work(args) => with_runtime(|| work::run(&cli.global, args)),
+        Command::Step(args) => with_runtime(|| step::run(&cli.global, args)),
+        Command::Cancel(args) => with_runtime(|| cancel::run(&cli.global, args)),
+        Command::Bench(args) => with_runtime(|| bench::run(&cli.global, args)),
     };
     match outcome {
         Ok(code) => code,

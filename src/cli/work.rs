@@ -253,6 +253,11 @@ fn log_event(e: &Event, verbose: bool, bar: &ProgressBar, done: &AtomicU64) {
             short(id),
             first_line(reason)
         )),
+        Event::Cancelled { id, task } => {
+            let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+            bar.set_message(format!("{n} finished"));
+            Some(format!("{task} {} cancelled", short(id)))
+        }
         Event::LeaseLost { id, task } => Some(format!(
             "{task} {}: lease taken over by another worker; its result is discarded",
             short(id)

@@ -12,4 +12,5 @@ mod docs;
 mod enqueue;
 mod migrate;
 mod schema;
+mod step;
 mod work;

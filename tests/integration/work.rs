@@ -546,3 +546,185 @@ async fn killed_database_connections_are_survived_and_nothing_is_lost() {
     );
     completed_once(&db, 3000).await;
 }
+
+#[tokio::test]
+async fn a_shell_handler_enqueues_a_child_and_waits_for_its_result() {
+    let db = TestDb::migrated().await;
+    let parent = enqueue(&db, &["parent"]);
+    let pgc = env!("CARGO_BIN_EXE_pgc");
+    let out = work(
+        &db,
+        &[
+            "--concurrency",
+            "2",
+            "--handler",
+            &format!(
+                r#"parent=child=$({pgc} enqueue child --payload '{{"n": 7}}' --wait) && echo "{{\"child\": $child}}""#
+            ),
+            "--handler",
+            "child=cat",
+        ],
+    );
+    out.ok();
+    let r = row(&db, parent).await;
+    assert_eq!(r.status, "completed", "{}", out.stderr);
+    assert_eq!(r.result, Some(serde_json::json!({"child": {"n": 7}})));
+}
+
+#[tokio::test]
+async fn wait_exits_1_when_the_execution_fails_or_does_not_finish_in_time() {
+    let db = TestDb::migrated().await;
+    let out = run(
+        &mut db.pgc(),
+        &[
+            "enqueue",
+            "nobody-runs-this",
+            "--wait",
+            "--wait-timeout",
+            "300ms",
+        ],
+    );
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("is still pending after 300ms"),
+        "{}",
+        out.stderr
+    );
+
+    let mut w = spawn_worker(
+        &db,
+        &[
+            "--retry-delay",
+            "10ms",
+            "--handler",
+            "doomed=echo broken >&2; exit 2",
+        ],
+    );
+    let out = run(
+        &mut db.pgc(),
+        &["enqueue", "doomed", "--max-attempts", "2", "--wait"],
+    );
+    signal(&w, nix::sys::signal::Signal::SIGTERM);
+    assert!(w.wait().unwrap().success());
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("failed: exit status 2: broken"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(out.stdout, "");
+}
+
+#[tokio::test]
+async fn cancel_stops_pending_and_running_executions_and_refuses_finished_ones() {
+    let db = TestDb::migrated().await;
+    let pending = enqueue(&db, &["later", "--delay", "1h"]);
+    let out = run(&mut db.pgc(), &["cancel", &pending.to_string()]);
+    out.ok();
+    assert_eq!(out.stdout, "cancelled\n");
+    assert_eq!(row(&db, pending).await.status, "cancelled");
+    let again = run(&mut db.pgc(), &["cancel", &pending.to_string()]);
+    assert_eq!(again.code, 1);
+    assert!(
+        again.stderr.contains("has already finished (cancelled)"),
+        "{}",
+        again.stderr
+    );
+
+    let missing = Uuid::now_v7();
+    let out = run(&mut db.pgc(), &["cancel", &missing.to_string()]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr
+            .contains(&format!("no execution with id {missing}")),
+        "{}",
+        out.stderr
+    );
+    let out = run(&mut db.pgc(), &["cancel", "not-a-uuid"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+
+    let running = enqueue(&db, &["long"]);
+    let dir = std::env::temp_dir().join(format!("pgc-cancel-{running}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = format!(
+        "cat >/dev/null; touch {d}/started; sleep 30; touch {d}/finished",
+        d = dir.display()
+    );
+    // A poll interval and lease long enough that only the NOTIFY can stop it in time.
+    let w = spawn_worker(
+        &db,
+        &[
+            "--lease",
+            "5m",
+            "--kill-grace",
+            "200ms",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+    );
+    let started = dir.join("started");
+    wait_for(Duration::from_secs(20), "the task to start", || async {
+        started.exists()
+    })
+    .await;
+    let out = run(
+        &mut db.pgc(),
+        &["cancel", &running.to_string(), "--wait", "10s"],
+    );
+    out.ok();
+    assert_eq!(out.stdout, "cancelled\n");
+    let r = row(&db, running).await;
+    assert_eq!(r.status, "cancelled");
+    assert!(
+        !dir.join("finished").exists(),
+        "the handler was not stopped"
+    );
+    signal(&w, nix::sys::signal::Signal::SIGTERM);
+    let out = w.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cancelled"));
+    let done = run(&mut db.pgc(), &["cancel", &running.to_string()]);
+    assert_eq!(done.code, 1);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn bench_reports_its_figures_and_leaves_no_rows_behind() {
+    let db = TestDb::migrated().await;
+    let out = run(
+        &mut db.pgc(),
+        &[
+            "bench",
+            "--jobs",
+            "300",
+            "--concurrency",
+            "50",
+            "--latency-samples",
+            "5",
+            "--json",
+        ],
+    );
+    out.ok();
+    let r: Value = serde_json::from_str(&out.stdout).unwrap();
+    for key in ["enqueue_per_s", "work_per_s"] {
+        assert!(r[key].as_f64().unwrap() > 0.0, "{key}: {}", out.stdout);
+    }
+    for key in ["p50", "p99", "max"] {
+        assert!(
+            r["latency_ms"][key].as_f64().unwrap() > 0.0,
+            "{key}: {}",
+            out.stdout
+        );
+    }
+    assert!(r["latency_ms"]["p50"].as_f64() <= r["latency_ms"]["max"].as_f64());
+    let left: i64 = db
+        .client()
+        .await
+        .query_one("select count(*) from pgconductor._private_executions", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+}
