@@ -8,6 +8,34 @@
 //! reaped by the living. LISTEN/NOTIFY wakes an idle worker, polling covers lost
 //! notifications, and a lost database connection is re-established with backoff while
 //! handlers keep running. Nothing here prints: what happens is reported as [`Event`]s.
+//!
+//! In-process handlers from a Rust program:
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use pgc::db::ConnectOptions;
+//! use pgc::handler::{FnHandler, Job, Outcome};
+//! use pgc::worker::{self, Handlers, Shutdown, WorkerOptions};
+//!
+//! #[tokio::main]
+//! async fn main() -> pgc::Result<()> {
+//!     let conn = ConnectOptions::resolve(Some("postgres://postgres@127.0.0.1/app"))?;
+//!     let resize = FnHandler(|job: Job| async move {
+//!         // job.payload is the JSON text; job.traceparent names this attempt's span.
+//!         Outcome::Completed(Some(format!("{{\"bytes\": {}}}", job.payload.len())))
+//!     });
+//!     let handlers = Handlers::new().task("resize", Arc::new(resize));
+//!     let opts = WorkerOptions {
+//!         queues: vec!["images".into()],
+//!         concurrency: 16,
+//!         ..WorkerOptions::default()
+//!     };
+//!     let shutdown = Shutdown::default(); // cancel shutdown.graceful to stop
+//!     let report = worker::run(&conn, opts, handlers, shutdown, Arc::new(|_event| {})).await?;
+//!     println!("{} completed", report.completed);
+//!     Ok(())
+//! }
+//! ```
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -246,6 +274,8 @@ struct InFlight {
 
 struct Done {
     id: Uuid,
+    /// `pgc cancel` asked to stop it (a `Stopped` outcome then settles as cancelled).
+    cancelled: bool,
     generation: i32,
     task: String,
     attempt: i32,
@@ -332,13 +362,23 @@ pub async fn run(
         retry_at: Instant::now(),
         backoff: Duration::from_millis(100),
     };
-    // Settles go through a connection of their own (opened on first use).
-    let mut settle_db = Db {
-        opts: conn.clone(),
-        client: None,
-        retry_at: Instant::now(),
-        backoff: Duration::from_millis(100),
-    };
+    // Settles run in a task of their own, on a connection of their own (opened on first
+    // use), so that claiming never waits for settling: PostgreSQL works on both at once.
+    let (settle_tx, settle_rx) = tokio::sync::mpsc::unbounded_channel::<Done>();
+    let (settled_tx, mut settled_rx) = tokio::sync::mpsc::unbounded_channel::<usize>();
+    let settler = tokio::spawn(settler(
+        Db {
+            opts: conn.clone(),
+            client: None,
+            retry_at: Instant::now(),
+            backoff: Duration::from_millis(100),
+        },
+        worker_id,
+        opts.clone(),
+        settle_rx,
+        settled_tx,
+        events.clone(),
+    ));
     let (wake_tx, mut wake_rx) = tokio::sync::mpsc::unbounded_channel::<Wake>();
     let listener_stop = CancellationToken::new();
     tokio::spawn(listen(
@@ -350,10 +390,10 @@ pub async fn run(
 
     let claimable = handlers.claimable();
     let lease_secs = opts.lease.as_secs_f64();
-    let mut report = Report::default();
     let mut joins: JoinSet<Done> = JoinSet::new();
     let mut inflight: HashMap<Uuid, InFlight> = HashMap::new();
-    let mut settle: Vec<Done> = Vec::new();
+    // Finished attempts handed to the settler and not yet settled.
+    let mut unsettled = 0usize;
     // Executions `pgc cancel` asked to stop: their Stopped outcome settles as cancelled.
     let mut cancelling: std::collections::HashSet<Uuid> = std::collections::HashSet::new();
     let mut want_claim = true;
@@ -368,76 +408,41 @@ pub async fn run(
     }
 
     loop {
-        // Settle what finished and claim more at once, on two connections, so that
-        // PostgreSQL works on both while the other waits (fetch and flush overlap).
         let free = opts.concurrency.saturating_sub(inflight.len());
-        let claim_n = if !stopping && want_claim && free > 0 {
-            free.min(opts.claim_batch)
-        } else {
-            0
-        };
-        let settling = async {
-            if settle.is_empty() {
-                return None;
-            }
-            let client = settle_db.client(&events).await?;
-            Some(
-                settle_all(
-                    client,
-                    worker_id,
-                    &opts,
-                    &mut settle,
-                    &cancelling,
-                    &mut report,
-                    &events,
-                )
-                .await,
-            )
-        };
-        let claiming = async {
-            if claim_n == 0 {
-                return None;
-            }
-            let client = db.client(&events).await?;
-            let limit = i64::try_from(claim_n).unwrap_or(i64::MAX);
-            Some(
-                client
+        if !stopping && want_claim && free > 0 {
+            let n = free.min(opts.claim_batch);
+            if let Some(client) = db.client(&events).await {
+                let limit = i64::try_from(n).unwrap_or(i64::MAX);
+                match client
                     .query(
                         sql::CLAIM,
                         &[&worker_id, &opts.queues, &limit, &claimable, &lease_secs],
                     )
-                    .await,
-            )
-        };
-        let (settled, claimed) = tokio::join!(settling, claiming);
-        match settled {
-            Some(Ok(())) => cancelling.retain(|id| inflight.contains_key(id)),
-            Some(Err(e)) => settle_db.fail(&events, e.to_string()),
-            None => {}
-        }
-        match claimed {
-            Some(Ok(rows)) => {
-                want_claim = rows.len() == claim_n;
-                for row in rows {
-                    match start(&row, &handlers, &mut joins) {
-                        Ok((id, flight)) => {
-                            inflight.insert(id, flight);
+                    .await
+                {
+                    Ok(rows) => {
+                        want_claim = rows.len() == n;
+                        for row in rows {
+                            match start(&row, &handlers, &mut joins) {
+                                Ok((id, flight)) => {
+                                    inflight.insert(id, flight);
+                                }
+                                Err(e) => db.fail(&events, e.to_string()),
+                            }
                         }
-                        Err(e) => db.fail(&events, e.to_string()),
                     }
+                    Err(e) => db.fail(&events, e.to_string()),
                 }
             }
-            Some(Err(e)) => db.fail(&events, e.to_string()),
-            None => {}
         }
 
-        if stopping && inflight.is_empty() && settle.is_empty() {
+        if stopping && inflight.is_empty() && unsettled == 0 {
             break;
         }
         if opts.until_empty
             && !stopping
             && inflight.is_empty()
-            && settle.is_empty()
+            && unsettled == 0
             && !want_claim
             && let Some(client) = db.client(&events).await
         {
@@ -453,7 +458,7 @@ pub async fn run(
         }
 
         let reconnect = async {
-            tokio::time::sleep_until(db.retry_at.max(settle_db.retry_at).into()).await;
+            tokio::time::sleep_until(db.retry_at.into()).await;
         };
         tokio::select! {
             biased;
@@ -476,11 +481,18 @@ pub async fn run(
                     f.stop.cancel();
                 }
             }
+            Some(n) = settled_rx.recv() => {
+                unsettled = unsettled.saturating_sub(n);
+            }
             Some(done) = joins.join_next(), if !joins.is_empty() => {
                 let mut collect = |r: std::result::Result<Done, tokio::task::JoinError>| {
-                    if let Ok(d) = r {
+                    if let Ok(mut d) = r {
                         inflight.remove(&d.id);
-                        settle.push(d);
+                        d.cancelled = cancelling.remove(&d.id);
+                        unsettled += 1;
+                        // The settler outlives this loop; a send fails only if it
+                        // panicked, and then the lease expiry recovers the execution.
+                        let _ = settle_tx.send(d);
                     }
                 };
                 collect(done);
@@ -540,15 +552,61 @@ pub async fn run(
                     }
                 }
             }
-            () = reconnect, if !db.up() || (!settle.is_empty() && !settle_db.up()) => {}
+            () = reconnect, if !db.up() => {}
         }
     }
 
     listener_stop.cancel();
+    drop(settle_tx);
+    let report = settler.await.unwrap_or_default();
     if let Some(client) = db.client(&events).await {
         let _ = client.execute(sql::WORKER_STOPPED, &[&worker_id]).await;
     }
     Ok(report)
+}
+
+/// Settles finished attempts as they come, in batches of whatever has arrived, and
+/// reports each settled batch's size back. Keeps a batch across database trouble
+/// (fencing makes a repeat safe) and returns the run's report once the worker hangs up
+/// and everything is settled.
+async fn settler(
+    mut db: Db,
+    worker_id: Uuid,
+    opts: WorkerOptions,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Done>,
+    settled: tokio::sync::mpsc::UnboundedSender<usize>,
+    events: EventSink,
+) -> Report {
+    const MAX_BATCH: usize = 2000;
+    let mut report = Report::default();
+    let mut buf: Vec<Done> = Vec::new();
+    loop {
+        if buf.is_empty() {
+            match rx.recv().await {
+                Some(d) => buf.push(d),
+                None => break,
+            }
+        }
+        while buf.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(d) => buf.push(d),
+                Err(_) => break,
+            }
+        }
+        let n = buf.len();
+        if let Some(client) = db.client(&events).await {
+            match settle_all(client, worker_id, &opts, &mut buf, &mut report, &events).await {
+                Ok(()) => {
+                    let _ = settled.send(n);
+                }
+                Err(e) => db.fail(&events, e.to_string()),
+            }
+        }
+        if !buf.is_empty() {
+            tokio::time::sleep_until(db.retry_at.into()).await;
+        }
+    }
+    report
 }
 
 /// Starts the handler for one claimed row.
@@ -591,6 +649,7 @@ fn start(
         };
         Done {
             id,
+            cancelled: false,
             generation,
             task: task_name,
             attempt,
@@ -631,7 +690,6 @@ async fn settle_all(
     worker_id: Uuid,
     opts: &WorkerOptions,
     buf: &mut Vec<Done>,
-    cancelling: &std::collections::HashSet<Uuid>,
     report: &mut Report,
     events: &EventSink,
 ) -> std::result::Result<(), tokio_postgres::Error> {
@@ -664,7 +722,7 @@ async fn settle_all(
                 release.2.push(reason.clone());
                 release.3.push(opts.backoff(1).as_secs_f64());
             }
-            Outcome::Stopped if cancelling.contains(&d.id) => {
+            Outcome::Stopped if d.cancelled => {
                 cancelled.0.push(d.id);
                 cancelled.1.push(d.generation);
             }
