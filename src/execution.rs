@@ -74,6 +74,8 @@ pub async fn wait(
         };
         tokio::select! {
             note = notes.recv() => {
+                // One re-check answers every notification that has arrived.
+                while notes.try_recv().is_ok() {}
                 if note.is_none() {
                     // The listening connection is gone: fall back to polling alone.
                     tokio::time::sleep(FALLBACK_POLL).await;

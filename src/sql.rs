@@ -186,14 +186,17 @@ with v as (
         as v(id, generation, error, outcome, delay)
 ), old as (
     select e.id, e.attempts, e.max_attempts, e.attempt_span_id, e.locked_by, e.started_at,
-           v.error, v.outcome, v.delay, e.attempts >= e.max_attempts as final
+           v.error, v.outcome, v.delay,
+           -- A cancel requested while it ran wins over a retry.
+           e.attempts >= e.max_attempts or e.cancel_requested_at is not null as final,
+           e.cancel_requested_at is not null as cancel
     from pgconductor._private_executions e
     join v on e.id = v.id
     where e.locked_by = $1 and e.lease_generation = v.generation
     for update of e
 ), upd as (
     update pgconductor._private_executions e
-    set status = case when o.final then 'failed' else 'pending' end,
+    set status = case when o.cancel then 'cancelled' when o.final then 'failed' else 'pending' end,
         run_at = case when o.final then e.run_at
                       else now() + make_interval(secs => o.delay) end,
         finished_at = case when o.final then now() end,
@@ -220,69 +223,82 @@ with v as (
     select * from unnest($2::uuid[], $3::int[], $4::text[], $5::float8[])
         as v(id, generation, reason, delay)
 ), old as (
-    select e.id, e.attempts, e.attempt_span_id, e.locked_by, e.started_at, v.reason, v.delay
+    select e.id, e.attempts, e.attempt_span_id, e.locked_by, e.started_at, v.reason, v.delay,
+           e.cancel_requested_at is not null as cancel
     from pgconductor._private_executions e
     join v on e.id = v.id
     where e.locked_by = $1 and e.lease_generation = v.generation
     for update of e
 ), upd as (
     update pgconductor._private_executions e
-    set status = 'pending', attempts = e.attempts - 1,
-        run_at = now() + make_interval(secs => o.delay),
-        last_error = o.reason,
-        locked_by = null, locked_until = null, attempt_span_id = null, started_at = null
-    from old o
-    where e.id = o.id and e.id = any(array(select id from old))
-    returning e.id
-), moved as (
-    insert into pgconductor._private_attempts
-        (execution_id, attempt, span_id, worker_id, started_at, finished_at, outcome, error)
-    select o.id, o.attempts, o.attempt_span_id, o.locked_by, o.started_at, now(), 'released', o.reason
-    from old o
-)
-select id from upd";
-
-/// Extend the leases of worker `$1` on executions `$2` by `$3` seconds. Returns the ids
-/// it still holds, each with whether `pgc cancel` asked to stop it (the fallback for a
-/// lost cancel notification); a missing id was taken over.
-pub const RENEW: &str = "
-update pgconductor._private_executions
-set locked_until = now() + make_interval(secs => $3::float8)
-where id = any($2::uuid[]) and locked_by = $1
-returning id, cancel_requested_at is not null";
-
-/// Recover executions of the queues `$1` whose lease expired (their worker died): the
-/// attempt is recorded as `lost` and the execution waits to run again, or is finished as
-/// `failed` when it has no attempts left. Returns each id with its new status.
-pub const REAP: &str = "
-with old as (
-    select e.id, e.attempts, e.max_attempts, e.attempt_span_id, e.locked_by, e.started_at,
-           e.attempts >= e.max_attempts as final
-    from pgconductor._private_executions e
-    where e.status = 'running' and e.locked_until < now() and e.queue = any($1::text[])
-    limit 1000
-    for update skip locked
-), upd as (
-    update pgconductor._private_executions e
-    set status = case when o.final then 'failed' else 'pending' end,
-        run_at = case when o.final then e.run_at else now() end,
-        finished_at = case when o.final then now() end,
-        last_error = 'lease expired: worker ' || o.locked_by || ' stopped renewing it',
+    -- A cancel requested while it ran finishes it instead of putting it back.
+    set status = case when o.cancel then 'cancelled' else 'pending' end,
+        attempts = case when o.cancel then e.attempts else e.attempts - 1 end,
+        run_at = case when o.cancel then e.run_at else now() + make_interval(secs => o.delay) end,
+        finished_at = case when o.cancel then now() end,
+        last_error = case when o.cancel then 'cancelled' else o.reason end,
         locked_by = null, locked_until = null,
-        attempt_span_id = case when o.final then e.attempt_span_id end,
-        started_at = case when o.final then e.started_at end
+        attempt_span_id = case when o.cancel then e.attempt_span_id end,
+        started_at = case when o.cancel then e.started_at end
     from old o
     where e.id = o.id and e.id = any(array(select id from old))
     returning e.id, e.status
 ), moved as (
     insert into pgconductor._private_attempts
         (execution_id, attempt, span_id, worker_id, started_at, finished_at, outcome, error)
+    select o.id, o.attempts, o.attempt_span_id, o.locked_by, o.started_at, now(), 'released', o.reason
+    from old o
+    where not o.cancel
+)
+select id, status from upd";
+
+/// Extend the leases of worker `$1` on executions `$2` with generations `$3` by `$4`
+/// seconds. Returns each lease it still holds (id, generation), with whether `pgc cancel`
+/// asked to stop it (the fallback for a lost cancel notification); a missing one was
+/// taken over.
+pub const RENEW: &str = "
+update pgconductor._private_executions e
+set locked_until = now() + make_interval(secs => $4::float8)
+from unnest($2::uuid[], $3::int[]) as v(id, generation)
+where e.id = v.id and e.locked_by = $1 and e.lease_generation = v.generation
+returning e.id, e.lease_generation, e.cancel_requested_at is not null";
+
+/// Recover executions of the queues `$1` whose lease expired (their worker died or
+/// lost its database) and that worker `$2` does not hold itself: the attempt is
+/// recorded as `lost` and the execution waits to run again, or is finished as `failed`
+/// when it has no attempts left (`cancelled` when `pgc cancel` asked for it). Returns
+/// each id with its new status and last error.
+pub const REAP: &str = "
+with old as (
+    select e.id, e.attempts, e.max_attempts, e.attempt_span_id, e.locked_by, e.started_at,
+           e.attempts >= e.max_attempts as final, e.cancel_requested_at is not null as cancel
+    from pgconductor._private_executions e
+    where e.status = 'running' and e.locked_until < now() and e.queue = any($1::text[])
+      and e.locked_by <> $2
+    limit 1000
+    for update skip locked
+), upd as (
+    update pgconductor._private_executions e
+    set status = case when o.cancel then 'cancelled' when o.final then 'failed' else 'pending' end,
+        run_at = case when o.final or o.cancel then e.run_at else now() end,
+        finished_at = case when o.final or o.cancel then now() end,
+        last_error = case when o.cancel then 'cancelled'
+                          else 'lease expired: worker ' || o.locked_by || ' stopped renewing it' end,
+        locked_by = null, locked_until = null,
+        attempt_span_id = case when o.final or o.cancel then e.attempt_span_id end,
+        started_at = case when o.final or o.cancel then e.started_at end
+    from old o
+    where e.id = o.id and e.id = any(array(select id from old))
+    returning e.id, e.status, e.task_key, e.last_error
+), moved as (
+    insert into pgconductor._private_attempts
+        (execution_id, attempt, span_id, worker_id, started_at, finished_at, outcome, error)
     select o.id, o.attempts, o.attempt_span_id, o.locked_by, o.started_at, now(), 'lost',
            'lease expired: worker ' || o.locked_by || ' stopped renewing it'
     from old o
-    where not o.final
+    where not (o.final or o.cancel)
 )
-select id, status from upd";
+select id, status, task_key, last_error from upd";
 
 /// Whether the queues `$1` still hold work for `--until-empty`: an execution running,
 /// due, or waiting for a retry (executions scheduled for later that never ran do not

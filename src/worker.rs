@@ -224,6 +224,12 @@ pub enum Event {
     },
     /// The database connection is back.
     DatabaseBack,
+    /// Stopped at once (second signal) with attempts still unsettled: their leases
+    /// expire and another worker recovers them.
+    Abandoned {
+        /// Attempts left unsettled.
+        unsettled: usize,
+    },
 }
 
 /// Receives [`Event`]s.
@@ -267,8 +273,14 @@ pub struct Shutdown {
     pub immediate: CancellationToken,
 }
 
+/// A running attempt: (execution id, lease generation). The generation tells apart two
+/// attempts of one execution on this worker (its lease was taken over, then it claimed
+/// the execution again while the old handler was still stopping).
+type Key = (Uuid, i32);
+
 struct InFlight {
     task: String,
+    attempt: i32,
     stop: CancellationToken,
 }
 
@@ -282,6 +294,10 @@ struct Done {
     duration: Duration,
     outcome: Outcome,
 }
+
+/// After a second signal: how long handlers get to die and results to settle before
+/// the worker exits regardless.
+const HARD_STOP: Duration = Duration::from_secs(10);
 
 /// A connection that is re-established with backoff when it breaks.
 struct Db {
@@ -381,25 +397,36 @@ pub async fn run(
     ));
     let (wake_tx, mut wake_rx) = tokio::sync::mpsc::unbounded_channel::<Wake>();
     let listener_stop = CancellationToken::new();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(listen(
         conn.clone(),
         opts.queues.clone(),
         wake_tx,
         listener_stop.clone(),
+        ready_tx,
     ));
+    // Listen before the first claim, so that no enqueue or cancel falls between them (a
+    // database that refuses LISTEN only costs the wait; polling still works).
+    let _ = tokio::time::timeout(Duration::from_secs(5), ready_rx).await;
 
     let claimable = handlers.claimable();
     let lease_secs = opts.lease.as_secs_f64();
     let mut joins: JoinSet<Done> = JoinSet::new();
-    let mut inflight: HashMap<Uuid, InFlight> = HashMap::new();
+    let mut inflight: HashMap<Key, InFlight> = HashMap::new();
+    // Handler task → its attempt, to settle a handler that panicked.
+    let mut tasks: HashMap<tokio::task::Id, Key> = HashMap::new();
+    // Executions this worker recovered from dead workers and finished as failed.
+    let mut reaped_failed: Vec<FailedExecution> = Vec::new();
     // Finished attempts handed to the settler and not yet settled.
     let mut unsettled = 0usize;
     // Executions `pgc cancel` asked to stop: their Stopped outcome settles as cancelled.
-    let mut cancelling: std::collections::HashSet<Uuid> = std::collections::HashSet::new();
+    let mut cancelling: std::collections::HashSet<Key> = std::collections::HashSet::new();
     let mut want_claim = true;
     let mut stopping = false;
     let mut stopped_handlers = false;
     let mut deadline: Option<tokio::time::Instant> = None;
+    // After a second signal, the most time left to stop handlers and settle.
+    let mut hard_stop: Option<tokio::time::Instant> = None;
     let mut poll = tokio::time::interval(opts.poll_interval);
     let mut renew = tokio::time::interval(opts.lease / 3);
     let mut reap = tokio::time::interval(opts.lease / 2);
@@ -424,8 +451,9 @@ pub async fn run(
                         want_claim = rows.len() == n;
                         for row in rows {
                             match start(&row, &handlers, &mut joins) {
-                                Ok((id, flight)) => {
-                                    inflight.insert(id, flight);
+                                Ok((key, task_id, flight)) => {
+                                    tasks.insert(task_id, key);
+                                    inflight.insert(key, flight);
                                 }
                                 Err(e) => db.fail(&events, e.to_string()),
                             }
@@ -462,9 +490,10 @@ pub async fn run(
         };
         tokio::select! {
             biased;
-            () = shutdown.immediate.cancelled(), if !stopped_handlers => {
+            () = shutdown.immediate.cancelled(), if hard_stop.is_none() => {
                 stopping = true;
                 stopped_handlers = true;
+                hard_stop = Some(tokio::time::Instant::now() + HARD_STOP);
                 for f in inflight.values() {
                     f.stop.cancel();
                 }
@@ -481,22 +510,45 @@ pub async fn run(
                     f.stop.cancel();
                 }
             }
+            () = async { if let Some(d) = hard_stop { tokio::time::sleep_until(d).await } },
+                if hard_stop.is_some() => {
+                break;
+            }
             Some(n) = settled_rx.recv() => {
                 unsettled = unsettled.saturating_sub(n);
             }
-            Some(done) = joins.join_next(), if !joins.is_empty() => {
-                let mut collect = |r: std::result::Result<Done, tokio::task::JoinError>| {
-                    if let Ok(mut d) = r {
-                        inflight.remove(&d.id);
-                        d.cancelled = cancelling.remove(&d.id);
-                        unsettled += 1;
-                        // The settler outlives this loop; a send fails only if it
-                        // panicked, and then the lease expiry recovers the execution.
-                        let _ = settle_tx.send(d);
-                    }
+            Some(done) = joins.join_next_with_id(), if !joins.is_empty() => {
+                let mut collect = |r: std::result::Result<(tokio::task::Id, Done), tokio::task::JoinError>| {
+                    let mut d = match r {
+                        Ok((task_id, d)) => {
+                            tasks.remove(&task_id);
+                            d
+                        }
+                        // A handler that panicked fails its attempt like an error would.
+                        Err(e) => {
+                            let Some((id, generation)) = tasks.remove(&e.id()) else { return };
+                            let Some(f) = inflight.get(&(id, generation)) else { return };
+                            Done {
+                                id,
+                                cancelled: false,
+                                generation,
+                                task: f.task.clone(),
+                                attempt: f.attempt,
+                                duration: Duration::ZERO,
+                                outcome: Outcome::Failed(format!("handler panicked: {e}")),
+                            }
+                        }
+                    };
+                    let key = (d.id, d.generation);
+                    inflight.remove(&key);
+                    d.cancelled = cancelling.remove(&key);
+                    unsettled += 1;
+                    // The settler outlives this loop; a send fails only if it
+                    // panicked, and then the lease expiry recovers the execution.
+                    let _ = settle_tx.send(d);
                 };
                 collect(done);
-                while let Some(more) = joins.try_join_next() {
+                while let Some(more) = joins.try_join_next_with_id() {
                     collect(more);
                 }
                 want_claim = true;
@@ -505,8 +557,8 @@ pub async fn run(
                 let mut handle = |w: Wake| match w {
                     Wake::Enqueued => want_claim = true,
                     Wake::Cancel(id) => {
-                        if let Some(f) = inflight.get(&id) {
-                            cancelling.insert(id);
+                        for (key, f) in inflight.iter().filter(|(k, _)| k.0 == id) {
+                            cancelling.insert(*key);
                             f.stop.cancel();
                         }
                     }
@@ -521,9 +573,9 @@ pub async fn run(
                 if let Some(client) = db.client(&events).await {
                     match renew_leases(client, worker_id, &inflight, lease_secs, &events).await {
                         Ok(cancel) => {
-                            for id in cancel {
-                                if let Some(f) = inflight.get(&id) {
-                                    cancelling.insert(id);
+                            for key in cancel {
+                                if let Some(f) = inflight.get(&key) {
+                                    cancelling.insert(key);
                                     f.stop.cancel();
                                 }
                             }
@@ -534,12 +586,21 @@ pub async fn run(
             }
             _ = reap.tick() => {
                 if let Some(client) = db.client(&events).await {
-                    match client.query(sql::REAP, &[&opts.queues]).await {
+                    match client.query(sql::REAP, &[&opts.queues, &worker_id]).await {
                         Ok(rows) => {
                             let mut finished = false;
                             for r in rows {
                                 if let (Ok(id), Ok(status)) = (r.try_get(0), r.try_get::<_, String>(1)) {
-                                    finished |= status == "failed";
+                                    if status != "pending" {
+                                        finished = true;
+                                    }
+                                    if status == "failed" {
+                                        reaped_failed.push(FailedExecution {
+                                            id,
+                                            task: r.try_get(2).unwrap_or_default(),
+                                            error: r.try_get::<_, Option<String>>(3).ok().flatten().unwrap_or_default(),
+                                        });
+                                    }
                                     events(Event::Reaped { id, status });
                                 }
                             }
@@ -558,7 +619,16 @@ pub async fn run(
 
     listener_stop.cancel();
     drop(settle_tx);
-    let report = settler.await.unwrap_or_default();
+    let mut report = if hard_stop.is_some_and(|d| tokio::time::Instant::now() >= d) {
+        settler.abort();
+        events(Event::Abandoned {
+            unsettled: unsettled + inflight.len(),
+        });
+        Report::default()
+    } else {
+        settler.await.unwrap_or_default()
+    };
+    report.failed.extend(reaped_failed);
     if let Some(client) = db.client(&events).await {
         let _ = client.execute(sql::WORKER_STOPPED, &[&worker_id]).await;
     }
@@ -614,7 +684,7 @@ fn start(
     row: &tokio_postgres::Row,
     handlers: &Handlers,
     joins: &mut JoinSet<Done>,
-) -> std::result::Result<(Uuid, InFlight), tokio_postgres::Error> {
+) -> std::result::Result<(Key, tokio::task::Id, InFlight), tokio_postgres::Error> {
     let id: Uuid = row.try_get(0)?;
     let queue: String = row.try_get(1)?;
     let task: String = row.try_get(2)?;
@@ -639,7 +709,7 @@ fn start(
     let handler = handlers.get(&task).cloned();
     let token = stop.clone();
     let task_name = task.clone();
-    joins.spawn(async move {
+    let spawned = joins.spawn(async move {
         let started = Instant::now();
         let outcome = match handler {
             Some(h) => h.run(job, token).await,
@@ -657,7 +727,15 @@ fn start(
             outcome,
         }
     });
-    Ok((id, InFlight { task, stop }))
+    Ok((
+        (id, generation),
+        spawned.id(),
+        InFlight {
+            task,
+            attempt,
+            stop,
+        },
+    ))
 }
 
 /// The handler's trace context: the execution's trace id and flags with this attempt's
@@ -702,7 +780,11 @@ async fn settle_all(
             Outcome::Completed(result) => {
                 complete.0.push(d.id);
                 complete.1.push(d.generation);
-                complete.2.push(result.clone());
+                // A result jsonb cannot store (\u0000, numbers outside numeric) would fail
+                // the whole batch: it is not stored, like stdout that is not JSON.
+                complete
+                    .2
+                    .push(result.clone().filter(|r| crate::jsonb::check(r).is_ok()));
             }
             Outcome::Failed(error) | Outcome::TimedOut(error) => {
                 let kind = if matches!(d.outcome, Outcome::TimedOut(_)) {
@@ -712,14 +794,14 @@ async fn settle_all(
                 };
                 fail.0.push(d.id);
                 fail.1.push(d.generation);
-                fail.2.push(error.clone());
+                fail.2.push(storable_text(error));
                 fail.3.push(kind.to_string());
                 fail.4.push(opts.backoff(d.attempt).as_secs_f64());
             }
             Outcome::TempFail(reason) => {
                 release.0.push(d.id);
                 release.1.push(d.generation);
-                release.2.push(reason.clone());
+                release.2.push(storable_text(reason));
                 release.3.push(opts.backoff(1).as_secs_f64());
             }
             Outcome::Stopped if d.cancelled => {
@@ -737,6 +819,7 @@ async fn settle_all(
         }
     }
     let by_id: HashMap<Uuid, &Done> = buf.iter().map(|d| (d.id, d)).collect();
+    let mut finished_other = false;
     let mut settled: std::collections::HashSet<Uuid> = std::collections::HashSet::new();
     if !complete.0.is_empty() {
         let rows = client
@@ -776,6 +859,15 @@ async fn settle_all(
                 _ => String::new(),
             };
             let pos = fail.0.iter().position(|x| *x == id).unwrap_or(0);
+            finished_other |= status != "pending";
+            if status == "cancelled" {
+                report.cancelled += 1;
+                events(Event::Cancelled {
+                    id,
+                    task: d.task.clone(),
+                });
+                continue;
+            }
             let retry_in = (status == "pending")
                 .then(|| Duration::from_secs_f64(fail.4.get(pos).copied().unwrap_or(0.0)));
             if retry_in.is_some() {
@@ -806,6 +898,17 @@ async fn settle_all(
         for r in rows {
             let id: Uuid = r.try_get(0)?;
             settled.insert(id);
+            if r.try_get::<_, String>(1)? == "cancelled" {
+                finished_other = true;
+                report.cancelled += 1;
+                if let Some(d) = by_id.get(&id) {
+                    events(Event::Cancelled {
+                        id,
+                        task: d.task.clone(),
+                    });
+                }
+                continue;
+            }
             report.released += 1;
             if let Some(d) = by_id.get(&id) {
                 let reason = match &d.outcome {
@@ -830,6 +933,7 @@ async fn settle_all(
         for r in rows {
             let id: Uuid = r.try_get(0)?;
             settled.insert(id);
+            finished_other = true;
             report.cancelled += 1;
             if let Some(d) = by_id.get(&id) {
                 events(Event::Cancelled {
@@ -840,8 +944,8 @@ async fn settle_all(
         }
     }
     // Anything finished (not merely retried or released): wake `--wait` and `cancel`.
-    // (COMPLETE notifies by itself.)
-    if !cancelled.0.is_empty() || report_has_final(&fail, buf) {
+    // Anything finished besides completions (COMPLETE notifies by itself): wake waiters.
+    if finished_other {
         client.execute(sql::NOTIFY_FINISHED, &[]).await?;
     }
     for d in buf.iter().filter(|d| !settled.contains(&d.id)) {
@@ -855,13 +959,13 @@ async fn settle_all(
     Ok(())
 }
 
-/// Whether any failed attempt in this settle may have been the last one (the statement
-/// decides; a notification too many only costs waiters one re-check).
-fn report_has_final(fail: &FailBatch, buf: &[Done]) -> bool {
-    fail.0.iter().any(|id| {
-        buf.iter()
-            .any(|d| d.id == *id && matches!(d.outcome, Outcome::Failed(_) | Outcome::TimedOut(_)))
-    })
+/// Text PostgreSQL's `text` can hold: without NUL characters.
+fn storable_text(s: &str) -> String {
+    if s.contains('\0') {
+        s.replace('\0', "")
+    } else {
+        s.to_string()
+    }
 }
 
 type FailBatch = (Vec<Uuid>, Vec<i32>, Vec<String>, Vec<String>, Vec<f64>);
@@ -871,31 +975,32 @@ type FailBatch = (Vec<Uuid>, Vec<i32>, Vec<String>, Vec<String>, Vec<f64>);
 async fn renew_leases(
     client: &Client,
     worker_id: Uuid,
-    inflight: &HashMap<Uuid, InFlight>,
+    inflight: &HashMap<Key, InFlight>,
     lease_secs: f64,
     events: &EventSink,
-) -> std::result::Result<Vec<Uuid>, tokio_postgres::Error> {
+) -> std::result::Result<Vec<Key>, tokio_postgres::Error> {
     client.execute(sql::WORKER_HEARTBEAT, &[&worker_id]).await?;
     if inflight.is_empty() {
         return Ok(Vec::new());
     }
-    let ids: Vec<Uuid> = inflight.keys().copied().collect();
+    let ids: Vec<Uuid> = inflight.keys().map(|k| k.0).collect();
+    let generations: Vec<i32> = inflight.keys().map(|k| k.1).collect();
     let rows = client
-        .query(sql::RENEW, &[&worker_id, &ids, &lease_secs])
+        .query(sql::RENEW, &[&worker_id, &ids, &generations, &lease_secs])
         .await?;
     let mut held = std::collections::HashSet::new();
     let mut cancel = Vec::new();
     for r in &rows {
-        let id: Uuid = r.try_get(0)?;
-        if r.try_get::<_, bool>(1)? {
-            cancel.push(id);
+        let key: Key = (r.try_get(0)?, r.try_get(1)?);
+        if r.try_get::<_, bool>(2)? {
+            cancel.push(key);
         }
-        held.insert(id);
+        held.insert(key);
     }
-    for (id, f) in inflight {
-        if !held.contains(id) && !f.stop.is_cancelled() {
+    for (key, f) in inflight {
+        if !held.contains(key) && !f.stop.is_cancelled() {
             events(Event::LeaseLost {
-                id: *id,
+                id: key.0,
                 task: f.task.clone(),
             });
             f.stop.cancel();
@@ -921,7 +1026,9 @@ async fn listen(
     queues: Vec<String>,
     wake: tokio::sync::mpsc::UnboundedSender<Wake>,
     stop: CancellationToken,
+    ready: tokio::sync::oneshot::Sender<()>,
 ) {
+    let mut ready = Some(ready);
     let mut backoff = Duration::from_millis(100);
     while !stop.is_cancelled() {
         let attempt = async {
@@ -931,6 +1038,9 @@ async fn listen(
                 .await
                 .ok()?;
             let _ = wake.send(Wake::Enqueued);
+            if let Some(r) = ready.take() {
+                let _ = r.send(());
+            }
             while let Some(n) = notes.recv().await {
                 if n.channel() == sql::CANCEL_CHANNEL {
                     if let Ok(id) = Uuid::parse_str(n.payload()) {

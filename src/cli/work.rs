@@ -142,6 +142,7 @@ pub async fn run(global: &GlobalArgs, args: WorkArgs) -> Result<ExitCode> {
         handlers = handlers.task(task.clone(), make(Program::Shell(command.clone())));
     }
     let mut queues = args.queues.clone();
+    queues.sort();
     queues.dedup();
     let opts = WorkerOptions {
         queues,
@@ -274,6 +275,9 @@ fn log_event(e: &Event, verbose: bool, bar: &ProgressBar, done: &AtomicU64) {
             None
         }
         Event::DatabaseBack => Some("database connection re-established".to_string()),
+        Event::Abandoned { unsettled } => Some(format!(
+            "stopped with {unsettled} attempt(s) unsettled; their leases expire and another worker recovers them"
+        )),
     };
     if let Some(line) = line {
         bar.suspend(|| info(&line));

@@ -307,8 +307,22 @@ async fn an_enqueue_inside_a_handler_is_a_child_of_the_attempt() {
 async fn an_idle_worker_is_woken_by_notify_not_polling() {
     let db = TestDb::migrated().await;
     let mut worker = spawn_worker(&db, &["--poll-interval", "1h", "--", "true"]);
-    // Let it start, claim nothing, and go idle.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Let it start listening, claim nothing, and go idle.
+    let client = db.client().await;
+    wait_for(Duration::from_secs(20), "the worker to listen", || async {
+        client
+            .query_one(
+                "select count(*) from pg_stat_activity
+                 where datname = current_database() and query like 'listen pgconductor_enqueued%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+            == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let id = enqueue(&db, &["wake"]);
     wait_for(
         Duration::from_secs(20),
@@ -647,7 +661,7 @@ async fn cancel_stops_pending_and_running_executions_and_refuses_finished_ones()
     let dir = std::env::temp_dir().join(format!("pgc-cancel-{running}"));
     std::fs::create_dir_all(&dir).unwrap();
     let script = format!(
-        "cat >/dev/null; touch {d}/started; sleep 30; touch {d}/finished",
+        "cat >/dev/null; echo $$ > {d}/pid; touch {d}/started; sleep 30; touch {d}/finished",
         d = dir.display()
     );
     // A poll interval and lease long enough that only the NOTIFY can stop it in time.
@@ -677,6 +691,18 @@ async fn cancel_stops_pending_and_running_executions_and_refuses_finished_ones()
     assert_eq!(out.stdout, "cancelled\n");
     let r = row(&db, running).await;
     assert_eq!(r.status, "cancelled");
+    let pid = std::fs::read_to_string(dir.join("pid")).unwrap();
+    wait_for(
+        Duration::from_secs(10),
+        "the cancelled handler to be gone",
+        || async {
+            // Gone, or a zombie waiting to be reaped.
+            std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()))
+                .map(|st| st.contains(") Z "))
+                .unwrap_or(true)
+        },
+    )
+    .await;
     assert!(
         !dir.join("finished").exists(),
         "the handler was not stopped"
@@ -727,4 +753,76 @@ async fn bench_reports_its_figures_and_leaves_no_rows_behind() {
         .unwrap()
         .get(0);
     assert_eq!(left, 0);
+}
+
+#[tokio::test]
+async fn a_result_jsonb_cannot_store_does_not_block_settling() {
+    let db = TestDb::migrated().await;
+    let poisoned = enqueue(&db, &["poisoned"]);
+    let fine = enqueue(&db, &["fine"]);
+    let out = work(
+        &db,
+        &[
+            "--handler",
+            r#"poisoned=printf '{"a": "\u0000"}'; printf 'bad\000byte' >&2"#,
+            "--handler",
+            r#"fine=echo '{"ok": true}'"#,
+        ],
+    );
+    out.ok();
+    let r = row(&db, poisoned).await;
+    assert_eq!(r.status, "completed");
+    assert_eq!(r.result, None, "a result jsonb refuses is not stored");
+    assert_eq!(
+        row(&db, fine).await.result,
+        Some(serde_json::json!({"ok": true}))
+    );
+}
+
+#[tokio::test]
+async fn a_second_signal_stops_handlers_at_once_and_releases_their_executions() {
+    let db = TestDb::migrated().await;
+    let id = enqueue(&db, &["stubborn"]);
+    let started = std::env::temp_dir().join(format!("pgc-twice-{id}"));
+    let script = format!(
+        "cat >/dev/null; trap '' TERM; touch {}; sleep 30",
+        started.display()
+    );
+    let mut w = spawn_worker(
+        &db,
+        &[
+            "--shutdown-timeout",
+            "1h",
+            "--kill-grace",
+            "300ms",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+    );
+    wait_for(Duration::from_secs(20), "the task to start", || async {
+        started.exists()
+    })
+    .await;
+    signal(&w, nix::sys::signal::Signal::SIGTERM);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    signal(&w, nix::sys::signal::Signal::SIGTERM);
+    // With a one-hour shutdown timeout only the second signal can end it this soon.
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = w.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the worker did not stop"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    let r = row(&db, id).await;
+    assert_eq!(r.status, "pending", "released, not failed");
+    assert_eq!(r.attempts, 0);
+    let _ = std::fs::remove_file(&started);
 }
