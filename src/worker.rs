@@ -448,7 +448,10 @@ pub async fn run(
                     .await
                 {
                     Ok(rows) => {
-                        want_claim = rows.len() == n;
+                        // A short batch may only mean that other workers held rows
+                        // locked for a moment (SKIP LOCKED): try again while claims
+                        // return anything, and wait for a wake-up once one returns none.
+                        want_claim = !rows.is_empty();
                         for row in rows {
                             match start(&row, &handlers, &mut joins) {
                                 Ok((key, task_id, flight)) => {
