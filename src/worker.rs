@@ -299,6 +299,23 @@ struct Done {
 /// the worker exits regardless.
 const HARD_STOP: Duration = Duration::from_secs(10);
 
+/// Longest a worker statement may take before the connection is given up as hung (a
+/// half-open TCP connection never answers) and re-established.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Runs a database call with [`QUERY_TIMEOUT`]; the error is the text to report.
+async fn bounded<T, E: std::fmt::Display>(
+    call: impl std::future::Future<Output = std::result::Result<T, E>>,
+) -> std::result::Result<T, String> {
+    match tokio::time::timeout(QUERY_TIMEOUT, call).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err(format!(
+            "no answer from the database within {}s",
+            QUERY_TIMEOUT.as_secs()
+        )),
+    }
+}
+
 /// A connection that is re-established with backoff when it breaks.
 struct Db {
     opts: ConnectOptions,
@@ -440,12 +457,11 @@ pub async fn run(
             let n = free.min(opts.claim_batch);
             if let Some(client) = db.client(&events).await {
                 let limit = i64::try_from(n).unwrap_or(i64::MAX);
-                match client
-                    .query(
-                        sql::CLAIM,
-                        &[&worker_id, &opts.queues, &limit, &claimable, &lease_secs],
-                    )
-                    .await
+                match bounded(client.query(
+                    sql::CLAIM,
+                    &[&worker_id, &opts.queues, &limit, &claimable, &lease_secs],
+                ))
+                .await
                 {
                     Ok(rows) => {
                         // A short batch may only mean that other workers held rows
@@ -462,7 +478,7 @@ pub async fn run(
                             }
                         }
                     }
-                    Err(e) => db.fail(&events, e.to_string()),
+                    Err(e) => db.fail(&events, e),
                 }
             }
         }
@@ -574,7 +590,7 @@ pub async fn run(
             _ = poll.tick() => want_claim = true,
             _ = renew.tick() => {
                 if let Some(client) = db.client(&events).await {
-                    match renew_leases(client, worker_id, &inflight, lease_secs, &events).await {
+                    match bounded(renew_leases(client, worker_id, &inflight, lease_secs, &events)).await {
                         Ok(cancel) => {
                             for key in cancel {
                                 if let Some(f) = inflight.get(&key) {
@@ -589,7 +605,7 @@ pub async fn run(
             }
             _ = reap.tick() => {
                 if let Some(client) = db.client(&events).await {
-                    match client.query(sql::REAP, &[&opts.queues, &worker_id]).await {
+                    match bounded(client.query(sql::REAP, &[&opts.queues, &worker_id])).await {
                         Ok(rows) => {
                             let mut finished = false;
                             for r in rows {
@@ -668,7 +684,16 @@ async fn settler(
         }
         let n = buf.len();
         if let Some(client) = db.client(&events).await {
-            match settle_all(client, worker_id, &opts, &mut buf, &mut report, &events).await {
+            match bounded(settle_all(
+                client,
+                worker_id,
+                &opts,
+                &mut buf,
+                &mut report,
+                &events,
+            ))
+            .await
+            {
                 Ok(()) => {
                     let _ = settled.send(n);
                 }
