@@ -325,6 +325,15 @@ struct Db {
 }
 
 impl Db {
+    fn new(opts: ConnectOptions, client: Option<Client>) -> Self {
+        Db {
+            opts,
+            client,
+            retry_at: Instant::now(),
+            backoff: Duration::from_millis(100),
+        }
+    }
+
     fn up(&self) -> bool {
         self.client.as_ref().is_some_and(|c| !c.is_closed())
     }
@@ -389,23 +398,13 @@ pub async fn run(
         .await?;
     events(Event::Started { worker_id });
 
-    let mut db = Db {
-        opts: conn.clone(),
-        client: Some(first),
-        retry_at: Instant::now(),
-        backoff: Duration::from_millis(100),
-    };
+    let mut db = Db::new(conn.clone(), Some(first));
     // Settles run in a task of their own, on a connection of their own (opened on first
     // use), so that claiming never waits for settling: PostgreSQL works on both at once.
     let (settle_tx, settle_rx) = tokio::sync::mpsc::unbounded_channel::<Done>();
     let (settled_tx, mut settled_rx) = tokio::sync::mpsc::unbounded_channel::<usize>();
     let settler = tokio::spawn(settler(
-        Db {
-            opts: conn.clone(),
-            client: None,
-            retry_at: Instant::now(),
-            backoff: Duration::from_millis(100),
-        },
+        Db::new(conn.clone(), None),
         worker_id,
         opts.clone(),
         settle_rx,
@@ -590,7 +589,7 @@ pub async fn run(
             _ = poll.tick() => want_claim = true,
             _ = renew.tick() => {
                 if let Some(client) = db.client(&events).await {
-                    match bounded(renew_leases(client, worker_id, &inflight, lease_secs, &events)).await {
+                    match bounded(renew_leases(client, worker_id, &inflight, lease_secs)).await {
                         Ok(cancel) => {
                             for key in cancel {
                                 if let Some(f) = inflight.get(&key) {
@@ -999,13 +998,12 @@ fn storable_text(s: &str) -> String {
 type FailBatch = (Vec<Uuid>, Vec<i32>, Vec<String>, Vec<String>, Vec<f64>);
 
 /// Extends the leases of the running handlers and stops those whose lease was taken
-/// over. Returns the ids `pgc cancel` asked to stop.
+/// over. Returns the attempts `pgc cancel` asked to stop.
 async fn renew_leases(
     client: &Client,
     worker_id: Uuid,
     inflight: &HashMap<Key, InFlight>,
     lease_secs: f64,
-    events: &EventSink,
 ) -> std::result::Result<Vec<Key>, tokio_postgres::Error> {
     client.execute(sql::WORKER_HEARTBEAT, &[&worker_id]).await?;
     if inflight.is_empty() {
@@ -1025,12 +1023,10 @@ async fn renew_leases(
         }
         held.insert(key);
     }
+    // A lease taken over: stop the handler. Its settle is then fenced out and reported
+    // as a lost lease.
     for (key, f) in inflight {
-        if !held.contains(key) && !f.stop.is_cancelled() {
-            events(Event::LeaseLost {
-                id: key.0,
-                task: f.task.clone(),
-            });
+        if !held.contains(key) {
             f.stop.cancel();
         }
     }
