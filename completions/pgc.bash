@@ -437,7 +437,7 @@ _pgc() {
             return 0
             ;;
         pgc__subcmd__work)
-            opts="-q -c -v -h -V --queue --concurrency --handler --timeout --kill-grace --retry-delay --lease --poll-interval --shutdown-timeout --until-empty --verbose --database-url --help --version"
+            opts="-q -c -v -h -V --queue --concurrency --handler --timeout --kill-grace --retry-delay --lease --poll-interval --shutdown-timeout --prefetch --until-empty --verbose --database-url --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -484,6 +484,10 @@ _pgc() {
                     return 0
                     ;;
                 --shutdown-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --prefetch)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -78,6 +78,7 @@ set edit:completion:arg-completer[pgc] = {|@words|
             cand --lease 'How long a claim holds an execution; renewed every third of it while it runs. A killed worker''s executions run elsewhere once their lease expires'
             cand --poll-interval 'Look for due work this often even without a notification'
             cand --shutdown-timeout 'After SIGINT/SIGTERM, how long running handlers get to finish before they are stopped and their executions released (without using an attempt)'
+            cand --prefetch 'Claim up to N executions ahead of free handler slots, so that a slot that frees starts the next task without waiting for a claim (fast tasks). They hold their lease while they wait, so other workers cannot take them; given back unused at shutdown'
             cand --database-url 'PostgreSQL URL (postgres://user@host:port/db?sslmode=…) or libpq conninfo string. Without it, the libpq variables PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE and PGSSLROOTCERT apply, with libpq''s defaults'
             cand --until-empty 'Drain the queues and exit: returns when nothing in them is running, due, or waiting for a retry. Exit 0 when every execution it finished completed, 1 when any finished as failed (each listed on stderr)'
             cand -v 'Log every completed attempt too, not only failures'

@@ -393,3 +393,13 @@ on conflict (execution_id, attempt, name) do update
 set span_id = excluded.span_id, status = excluded.status, output = excluded.output,
     exit_code = excluded.exit_code, started_at = excluded.started_at,
     finished_at = excluded.finished_at";
+
+/// Give back executions a worker claimed ahead (`--prefetch`) but never started: `$2`
+/// ids, `$3` generations. No attempt was used and none is recorded.
+pub const UNCLAIM: &str = "
+update pgconductor._private_executions e
+set status = 'pending', attempts = e.attempts - 1, locked_by = null, locked_until = null,
+    attempt_span_id = null, started_at = null
+from unnest($2::uuid[], $3::int[]) as v(id, generation)
+where e.id = v.id and e.locked_by = $1 and e.lease_generation = v.generation
+returning e.id";

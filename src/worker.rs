@@ -74,6 +74,10 @@ pub struct WorkerOptions {
     pub until_empty: bool,
     /// Most executions claimed by one statement.
     pub claim_batch: usize,
+    /// Executions claimed ahead of free handler slots, so that a slot that frees starts
+    /// the next one without waiting for a claim. They hold their lease while they wait,
+    /// so other workers cannot take them, and their attempt starts at the claim. 0: none.
+    pub prefetch: usize,
 }
 
 impl Default for WorkerOptions {
@@ -88,6 +92,7 @@ impl Default for WorkerOptions {
             shutdown_timeout: Duration::from_secs(30),
             until_empty: false,
             claim_batch: 500,
+            prefetch: 0,
         }
     }
 }
@@ -437,6 +442,9 @@ pub async fn run(
     let mut unsettled = 0usize;
     // Executions `pgc cancel` asked to stop: their Stopped outcome settles as cancelled.
     let mut cancelling: std::collections::HashSet<Key> = std::collections::HashSet::new();
+    // Claimed ahead (`prefetch`), not started yet.
+    let mut local: std::collections::VecDeque<(Key, tokio_postgres::Row)> =
+        std::collections::VecDeque::new();
     let mut want_claim = true;
     let mut stopping = false;
     let mut stopped_handlers = false;
@@ -451,9 +459,25 @@ pub async fn run(
     }
 
     loop {
+        // Start what was claimed ahead, into free slots, before claiming more.
+        while !stopping && inflight.len() < opts.concurrency {
+            let Some((_, row)) = local.pop_front() else {
+                break;
+            };
+            launch(
+                &row,
+                &handlers,
+                &mut joins,
+                &mut tasks,
+                &mut inflight,
+                &mut db,
+                &events,
+            );
+        }
         let free = opts.concurrency.saturating_sub(inflight.len());
-        if !stopping && want_claim && free > 0 {
-            let n = free.min(opts.claim_batch);
+        let room = (free + opts.prefetch).saturating_sub(local.len());
+        if !stopping && want_claim && room > 0 {
+            let n = room.min(opts.claim_batch);
             if let Some(client) = db.client(&events).await {
                 let limit = i64::try_from(n).unwrap_or(i64::MAX);
                 match bounded(client.query(
@@ -468,17 +492,37 @@ pub async fn run(
                         // return anything, and wait for a wake-up once one returns none.
                         want_claim = !rows.is_empty();
                         for row in rows {
-                            match start(&row, &handlers, &mut joins) {
-                                Ok((key, task_id, flight)) => {
-                                    tasks.insert(task_id, key);
-                                    inflight.insert(key, flight);
+                            if inflight.len() < opts.concurrency {
+                                launch(
+                                    &row,
+                                    &handlers,
+                                    &mut joins,
+                                    &mut tasks,
+                                    &mut inflight,
+                                    &mut db,
+                                    &events,
+                                );
+                            } else {
+                                match row_key(&row) {
+                                    Ok(key) => local.push_back((key, row)),
+                                    Err(e) => db.fail(&events, e.to_string()),
                                 }
-                                Err(e) => db.fail(&events, e.to_string()),
                             }
                         }
                     }
                     Err(e) => db.fail(&events, e),
                 }
+            }
+        }
+        if stopping && !local.is_empty() {
+            // Never started: give them back without using an attempt (if the database
+            // is away, their leases expire and another worker recovers them).
+            let (ids, generations): (Vec<Uuid>, Vec<i32>) = local.drain(..).map(|(k, _)| k).unzip();
+            if let Some(client) = db.client(&events).await
+                && let Err(e) =
+                    bounded(client.query(sql::UNCLAIM, &[&worker_id, &ids, &generations])).await
+            {
+                db.fail(&events, e);
             }
         }
 
@@ -488,6 +532,7 @@ pub async fn run(
         if opts.until_empty
             && !stopping
             && inflight.is_empty()
+            && local.is_empty()
             && unsettled == 0
             && !want_claim
             && let Some(client) = db.client(&events).await
@@ -579,6 +624,21 @@ pub async fn run(
                             cancelling.insert(*key);
                             f.stop.cancel();
                         }
+                        // Claimed ahead and not started: settle as cancelled right away.
+                        while let Some(i) = local.iter().position(|(k, _)| k.0 == id) {
+                            if let Some(((id, generation), row)) = local.remove(i) {
+                                unsettled += 1;
+                                let _ = settle_tx.send(Done {
+                                    id,
+                                    cancelled: true,
+                                    generation,
+                                    task: row.try_get(2).unwrap_or_default(),
+                                    attempt: row.try_get(4).unwrap_or_default(),
+                                    duration: Duration::ZERO,
+                                    outcome: Outcome::Stopped,
+                                });
+                            }
+                        }
                     }
                 };
                 handle(wake);
@@ -589,14 +649,17 @@ pub async fn run(
             _ = poll.tick() => want_claim = true,
             _ = renew.tick() => {
                 if let Some(client) = db.client(&events).await {
-                    match bounded(renew_leases(client, worker_id, &inflight, lease_secs)).await {
-                        Ok(cancel) => {
+                    let queued: Vec<Key> = local.iter().map(|(k, _)| *k).collect();
+                    match bounded(renew_leases(client, worker_id, &inflight, &queued, lease_secs)).await {
+                        Ok((held, cancel)) => {
                             for key in cancel {
                                 if let Some(f) = inflight.get(&key) {
                                     cancelling.insert(key);
                                     f.stop.cancel();
                                 }
                             }
+                            // Claimed ahead but taken over meanwhile: never start them.
+                            local.retain(|(k, _)| held.contains(k));
                         }
                         Err(e) => db.fail(&events, e.to_string()),
                     }
@@ -704,6 +767,30 @@ async fn settler(
         }
     }
     report
+}
+
+/// The (id, generation) of a claimed row.
+fn row_key(row: &tokio_postgres::Row) -> std::result::Result<Key, tokio_postgres::Error> {
+    Ok((row.try_get(0)?, row.try_get(7)?))
+}
+
+/// Starts a claimed row's handler and tracks it.
+fn launch(
+    row: &tokio_postgres::Row,
+    handlers: &Handlers,
+    joins: &mut JoinSet<Done>,
+    tasks: &mut HashMap<tokio::task::Id, Key>,
+    inflight: &mut HashMap<Key, InFlight>,
+    db: &mut Db,
+    events: &EventSink,
+) {
+    match start(row, handlers, joins) {
+        Ok((key, task_id, flight)) => {
+            tasks.insert(task_id, key);
+            inflight.insert(key, flight);
+        }
+        Err(e) => db.fail(events, e.to_string()),
+    }
 }
 
 /// Starts the handler for one claimed row.
@@ -1003,14 +1090,16 @@ async fn renew_leases(
     client: &Client,
     worker_id: Uuid,
     inflight: &HashMap<Key, InFlight>,
+    queued: &[Key],
     lease_secs: f64,
-) -> std::result::Result<Vec<Key>, tokio_postgres::Error> {
+) -> std::result::Result<(std::collections::HashSet<Key>, Vec<Key>), tokio_postgres::Error> {
     client.execute(sql::WORKER_HEARTBEAT, &[&worker_id]).await?;
-    if inflight.is_empty() {
-        return Ok(Vec::new());
+    if inflight.is_empty() && queued.is_empty() {
+        return Ok(Default::default());
     }
-    let ids: Vec<Uuid> = inflight.keys().map(|k| k.0).collect();
-    let generations: Vec<i32> = inflight.keys().map(|k| k.1).collect();
+    let keys: Vec<Key> = inflight.keys().chain(queued).copied().collect();
+    let ids: Vec<Uuid> = keys.iter().map(|k| k.0).collect();
+    let generations: Vec<i32> = keys.iter().map(|k| k.1).collect();
     let rows = client
         .query(sql::RENEW, &[&worker_id, &ids, &generations, &lease_secs])
         .await?;
@@ -1030,7 +1119,7 @@ async fn renew_leases(
             f.stop.cancel();
         }
     }
-    Ok(cancel)
+    Ok((held, cancel))
 }
 
 /// Why the listener woke the worker.

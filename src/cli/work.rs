@@ -68,6 +68,13 @@ pub struct WorkArgs {
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
 
+    /// Claim up to N executions ahead of free handler slots, so that a slot that frees
+    /// starts the next task without waiting for a claim (fast tasks). They hold their
+    /// lease while they wait, so other workers cannot take them; given back unused at
+    /// shutdown.
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub prefetch: u32,
+
     /// Drain the queues and exit: returns when nothing in them is running, due, or
     /// waiting for a retry. Exit 0 when every execution it finished completed, 1 when
     /// any finished as failed (each listed on stderr).
@@ -152,6 +159,7 @@ pub async fn run(global: &GlobalArgs, args: WorkArgs) -> Result<ExitCode> {
         retry_delay: args.retry_delay,
         shutdown_timeout: args.shutdown_timeout,
         until_empty: args.until_empty,
+        prefetch: usize::try_from(args.prefetch).unwrap_or(0),
         ..WorkerOptions::default()
     };
 

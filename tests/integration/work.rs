@@ -826,3 +826,76 @@ async fn a_second_signal_stops_handlers_at_once_and_releases_their_executions() 
     assert_eq!(r.attempts, 0);
     let _ = std::fs::remove_file(&started);
 }
+
+#[tokio::test]
+async fn prefetched_executions_run_once_and_are_given_back_unused_at_shutdown() {
+    let db = TestDb::migrated().await;
+    let mut input = String::new();
+    for _ in 0..300 {
+        input.push_str("{\"task\":\"quick\"}\n");
+    }
+    run_with_stdin(
+        &mut db.pgc(),
+        &["enqueue", "--batch", "-"],
+        input.as_bytes(),
+    )
+    .ok();
+    work(
+        &db,
+        &["--concurrency", "4", "--prefetch", "8", "--", "true"],
+    )
+    .ok();
+    completed_once(&db, 300).await;
+
+    // One slot, four claimed ahead: at shutdown the four go back unused.
+    let db = TestDb::migrated().await;
+    let ids: Vec<Uuid> = (0..5).map(|_| enqueue(&db, &["slow"])).collect();
+    let started = std::env::temp_dir().join(format!("pgc-prefetch-{}", ids[0]));
+    let script = format!("cat >/dev/null; touch {}; sleep 30", started.display());
+    let mut w = spawn_worker(
+        &db,
+        &[
+            "--concurrency",
+            "1",
+            "--prefetch",
+            "4",
+            "--shutdown-timeout",
+            "200ms",
+            "--kill-grace",
+            "200ms",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+    );
+    wait_for(
+        Duration::from_secs(20),
+        "the first task to start",
+        || async { started.exists() },
+    )
+    .await;
+    signal(&w, nix::sys::signal::Signal::SIGTERM);
+    assert!(w.wait().unwrap().success());
+    let client = db.client().await;
+    let r = client
+        .query_one(
+            "select count(*) filter (where status = 'pending' and attempts = 0 and locked_by is null),
+                    (select count(*) from pgconductor._private_attempts)
+             from pgconductor._private_executions",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        r.get::<_, i64>(0),
+        5,
+        "all five are pending again with no attempt used"
+    );
+    assert_eq!(
+        r.get::<_, i64>(1),
+        1,
+        "only the started one has a (released) attempt"
+    );
+    let _ = std::fs::remove_file(&started);
+}
