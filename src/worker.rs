@@ -446,6 +446,27 @@ pub async fn run(
     let mut local: std::collections::VecDeque<(Key, tokio_postgres::Row)> =
         std::collections::VecDeque::new();
     let mut want_claim = true;
+    // Size of the claim the claimer is working on (0: none).
+    let mut claiming = 0usize;
+    // Reasons to claim seen so far (enqueue notifications, polls, …), and how many had
+    // been seen when the running claim was asked for.
+    let mut wakes = 0u64;
+    let mut wakes_at_claim = 0u64;
+    let (claim_tx, claim_rx) = tokio::sync::mpsc::unbounded_channel::<usize>();
+    let (claimed_tx, mut claimed_rx) =
+        tokio::sync::mpsc::unbounded_channel::<std::result::Result<Vec<tokio_postgres::Row>, ()>>();
+    let claimer = tokio::spawn(claimer(
+        Db::new(conn.clone(), None),
+        ClaimQuery {
+            worker_id,
+            queues: opts.queues.clone(),
+            tasks: claimable.clone(),
+            lease_secs,
+        },
+        claim_rx,
+        claimed_tx,
+        events.clone(),
+    ));
     let mut stopping = false;
     let mut stopped_handlers = false;
     let mut deadline: Option<tokio::time::Instant> = None;
@@ -476,42 +497,13 @@ pub async fn run(
         }
         let free = opts.concurrency.saturating_sub(inflight.len());
         let room = (free + opts.prefetch).saturating_sub(local.len());
-        if !stopping && want_claim && room > 0 {
+        if !stopping && want_claim && room > 0 && claiming == 0 {
+            // The claim runs in the claimer task: this loop goes on starting and
+            // collecting handlers meanwhile.
             let n = room.min(opts.claim_batch);
-            if let Some(client) = db.client(&events).await {
-                let limit = i64::try_from(n).unwrap_or(i64::MAX);
-                match bounded(client.query(
-                    sql::CLAIM,
-                    &[&worker_id, &opts.queues, &limit, &claimable, &lease_secs],
-                ))
-                .await
-                {
-                    Ok(rows) => {
-                        // A short batch may only mean that other workers held rows
-                        // locked for a moment (SKIP LOCKED): try again while claims
-                        // return anything, and wait for a wake-up once one returns none.
-                        want_claim = !rows.is_empty();
-                        for row in rows {
-                            if inflight.len() < opts.concurrency {
-                                launch(
-                                    &row,
-                                    &handlers,
-                                    &mut joins,
-                                    &mut tasks,
-                                    &mut inflight,
-                                    &mut db,
-                                    &events,
-                                );
-                            } else {
-                                match row_key(&row) {
-                                    Ok(key) => local.push_back((key, row)),
-                                    Err(e) => db.fail(&events, e.to_string()),
-                                }
-                            }
-                        }
-                    }
-                    Err(e) => db.fail(&events, e),
-                }
+            if claim_tx.send(n).is_ok() {
+                claiming = n;
+                wakes_at_claim = wakes;
             }
         }
         if stopping && !local.is_empty() {
@@ -526,13 +518,14 @@ pub async fn run(
             }
         }
 
-        if stopping && inflight.is_empty() && unsettled == 0 {
+        if stopping && inflight.is_empty() && unsettled == 0 && claiming == 0 && local.is_empty() {
             break;
         }
         if opts.until_empty
             && !stopping
             && inflight.is_empty()
             && local.is_empty()
+            && claiming == 0
             && unsettled == 0
             && !want_claim
             && let Some(client) = db.client(&events).await
@@ -577,6 +570,32 @@ pub async fn run(
                 if hard_stop.is_some() => {
                 break;
             }
+            Some(claimed) = claimed_rx.recv() => {
+                claiming = 0;
+                match claimed {
+                    Ok(rows) => {
+                        // A short batch may only mean that other workers held rows
+                        // locked for a moment (SKIP LOCKED): try again while claims
+                        // return anything, and wait for a wake-up once one returns none.
+                        // A wake-up that came while the claim ran may be for rows it could
+                        // not see yet: claim again then too.
+                        want_claim = !rows.is_empty() || wakes != wakes_at_claim;
+                        for row in rows {
+                            if !stopping && inflight.len() < opts.concurrency {
+                                launch(&row, &handlers, &mut joins, &mut tasks, &mut inflight, &mut db, &events);
+                            } else {
+                                // Started when a slot frees, or given back at shutdown.
+                                match row_key(&row) {
+                                    Ok(key) => local.push_back((key, row)),
+                                    Err(e) => db.fail(&events, e.to_string()),
+                                }
+                            }
+                        }
+                    }
+                    // The claimer reported the trouble and waited out its backoff.
+                    Err(()) => want_claim = true,
+                }
+            }
             Some(n) = settled_rx.recv() => {
                 unsettled = unsettled.saturating_sub(n);
             }
@@ -615,10 +634,14 @@ pub async fn run(
                     collect(more);
                 }
                 want_claim = true;
+                wakes += 1;
             }
             Some(wake) = wake_rx.recv() => {
                 let mut handle = |w: Wake| match w {
-                    Wake::Enqueued => want_claim = true,
+                    Wake::Enqueued => {
+                        want_claim = true;
+                        wakes += 1;
+                    }
                     Wake::Cancel(id) => {
                         for (key, f) in inflight.iter().filter(|(k, _)| k.0 == id) {
                             cancelling.insert(*key);
@@ -646,7 +669,10 @@ pub async fn run(
                     handle(w);
                 }
             }
-            _ = poll.tick() => want_claim = true,
+            _ = poll.tick() => {
+                want_claim = true;
+                wakes += 1;
+            }
             _ = renew.tick() => {
                 if let Some(client) = db.client(&events).await {
                     let queued: Vec<Key> = local.iter().map(|(k, _)| *k).collect();
@@ -689,6 +715,7 @@ pub async fn run(
                                 db.fail(&events, e.to_string());
                             }
                             want_claim = true;
+                            wakes += 1;
                         }
                         Err(e) => db.fail(&events, e.to_string()),
                     }
@@ -699,6 +726,8 @@ pub async fn run(
     }
 
     listener_stop.cancel();
+    drop(claim_tx);
+    claimer.abort();
     drop(settle_tx);
     let mut report = if hard_stop.is_some_and(|d| tokio::time::Instant::now() >= d) {
         settler.abort();
@@ -714,6 +743,52 @@ pub async fn run(
         let _ = client.execute(sql::WORKER_STOPPED, &[&worker_id]).await;
     }
     Ok(report)
+}
+
+/// What the claimer claims with.
+struct ClaimQuery {
+    worker_id: Uuid,
+    queues: Vec<String>,
+    tasks: Option<Vec<String>>,
+    lease_secs: f64,
+}
+
+/// Claims on request, on a connection of its own, so that the worker's loop never
+/// waits for a claim. Answers every request: the rows, or `Err` after reporting the
+/// trouble and waiting out the reconnect backoff.
+async fn claimer(
+    mut db: Db,
+    q: ClaimQuery,
+    mut requests: tokio::sync::mpsc::UnboundedReceiver<usize>,
+    answers: tokio::sync::mpsc::UnboundedSender<std::result::Result<Vec<tokio_postgres::Row>, ()>>,
+    events: EventSink,
+) {
+    while let Some(n) = requests.recv().await {
+        let limit = i64::try_from(n).unwrap_or(i64::MAX);
+        let answer = match db.client(&events).await {
+            Some(client) => {
+                match bounded(client.query(
+                    sql::CLAIM,
+                    &[&q.worker_id, &q.queues, &limit, &q.tasks, &q.lease_secs],
+                ))
+                .await
+                {
+                    Ok(rows) => Ok(rows),
+                    Err(e) => {
+                        db.fail(&events, e);
+                        Err(())
+                    }
+                }
+            }
+            None => Err(()),
+        };
+        if answer.is_err() {
+            tokio::time::sleep_until(db.retry_at.into()).await;
+        }
+        if answers.send(answer).is_err() {
+            return;
+        }
+    }
 }
 
 /// Settles finished attempts as they come, in batches of whatever has arrived, and
