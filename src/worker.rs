@@ -2,7 +2,9 @@
 //!
 //! It follows the seed's pipeline, fetch → execute → flush: claims are batched
 //! (`FOR UPDATE SKIP LOCKED`), concurrency is bounded, and results are settled in
-//! batches. Every claim is a lease with a generation; the worker renews its leases while
+//! batches. Claiming and settling each run in a task of their own on a connection of
+//! their own, so the loop that starts and collects handlers never waits for either and
+//! PostgreSQL works on both at once. Every claim is a lease with a generation; the worker renews its leases while
 //! handlers run, and every settle names the generation it claimed, so a worker whose
 //! lease was taken over can never settle (fencing). Expired leases of dead workers are
 //! reaped by the living. LISTEN/NOTIFY wakes an idle worker, polling covers lost
