@@ -6,8 +6,8 @@ use std::time::Duration;
 use anyhow::Result;
 use uuid::Uuid;
 
-use super::GlobalArgs;
 use super::output::{info, write_stdout};
+use super::{GlobalArgs, parse_duration};
 use crate::error::Error;
 use crate::execution::{self, Cancelled};
 use crate::{migrate, sql};
@@ -28,10 +28,6 @@ pub struct CancelArgs {
 
 fn parse_id(s: &str) -> Result<Uuid, String> {
     Uuid::parse_str(s.trim()).map_err(|e| format!("{s:?} is not an execution id (a UUID): {e}"))
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim()).map_err(|e| format!("invalid duration {s:?}: {e}"))
 }
 
 /// Runs `pgc cancel`.

@@ -44,7 +44,7 @@ pub struct EnqueueArgs {
     pub run_at: Option<DateTime<Utc>>,
 
     /// Run no earlier than this long from now (e.g. 30s, 5m, 1h30m).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = super::parse_duration)]
     pub delay: Option<Duration>,
 
     /// Priority: lower numbers run first (may be negative).
@@ -80,7 +80,7 @@ pub struct EnqueueArgs {
     pub wait: bool,
 
     /// With --wait: give up after this long (exit 1). Default: wait as long as it takes.
-    #[arg(long, value_name = "DURATION", requires = "wait", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", requires = "wait", value_parser = super::parse_duration)]
     pub wait_timeout: Option<Duration>,
 
     /// Enqueue every line of a JSON Lines file (- for stdin): objects with "task" and
@@ -96,13 +96,6 @@ pub struct EnqueueArgs {
 
 fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
     enqueue::parse_rfc3339(s).map_err(|e| e.to_string())
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s.trim())
-        .map_err(|e| format!("invalid duration {s:?}: {e} (e.g. 30s, 5m, 1h30m)"))?;
-    enqueue::validate_when(When::After(d)).map_err(|e| e.to_string())?;
-    Ok(d)
 }
 
 /// The caller's trace context: flags first, else the environment carrier.

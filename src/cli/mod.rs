@@ -171,6 +171,20 @@ fn report(e: &anyhow::Error) -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
+/// Parses a `--…` duration flag (`500ms`, `30s`, `5m`, `1h30m`): one parser, one message,
+/// and one bound (1000 years, [`crate::enqueue::MAX_DELAY`]) for every subcommand, so no
+/// flag can overflow a deadline computed from it.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("invalid duration {s:?}: {e} (e.g. 500ms, 30s, 5m)"))?;
+    if d > crate::enqueue::MAX_DELAY {
+        return Err(format!(
+            "duration {s:?} is longer than the limit of 1000 years"
+        ));
+    }
+    Ok(d)
+}
+
 /// Connects with the global flags' settings.
 async fn connect(global: &GlobalArgs) -> Result<tokio_postgres::Client, Error> {
     let opts = global.connect_options()?;

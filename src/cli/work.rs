@@ -9,8 +9,8 @@ use std::time::Duration;
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::GlobalArgs;
 use super::output::{info, warn};
+use super::{GlobalArgs, parse_duration};
 use crate::enqueue::validate_name;
 use crate::error::Error;
 use crate::handler::command::{CommandHandler, Program};
@@ -99,11 +99,6 @@ fn parse_handler(s: &str) -> Result<(String, String), String> {
         return Err(format!("handler for {task} has an empty command"));
     }
     Ok((task.to_string(), command.to_string()))
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| format!("invalid duration {s:?}: {e} (e.g. 500ms, 30s, 5m)"))
 }
 
 fn parse_positive(s: &str) -> Result<Duration, String> {
