@@ -105,3 +105,36 @@ fn a_closed_stdout_is_not_an_error() {
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(String::from_utf8_lossy(&out.stderr), "");
 }
+
+#[test]
+fn every_duration_flag_shares_one_parser_and_its_bound() {
+    // A duration past the bound would overflow a deadline computed from it.
+    for args in [
+        &["work", "--shutdown-timeout", "300000y", "--", "true"][..],
+        &[
+            "cancel",
+            "01a2231b-0df6-708b-bbf7-b6a2172f1de4",
+            "--wait",
+            "300000y",
+        ],
+        &["enqueue", "t", "--wait", "--wait-timeout", "300000y"],
+    ] {
+        let out = run(
+            pgc_cmd().env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none"),
+            args,
+        );
+        assert_eq!(out.code, 2, "{args:?}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("limit of 1000 years"),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+    let out = run(&mut pgc_cmd(), &["work", "--lease", "soon", "--", "true"]);
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr.contains("invalid duration \"soon\""),
+        "{}",
+        out.stderr
+    );
+}

@@ -30,6 +30,17 @@ fn enqueue(db: &TestDb, args: &[&str]) -> Uuid {
     Uuid::parse_str(out.ok().stdout.trim()).unwrap()
 }
 
+/// Enqueues `n` executions of `task` in one batch.
+fn enqueue_many(db: &TestDb, task: &str, n: usize) {
+    let line = format!("{{\"task\":\"{task}\"}}\n");
+    run_with_stdin(
+        &mut db.pgc(),
+        &["enqueue", "--batch", "-"],
+        line.repeat(n).as_bytes(),
+    )
+    .ok();
+}
+
 fn work(db: &TestDb, args: &[&str]) -> Run {
     let mut all = vec![
         "work",
@@ -498,16 +509,7 @@ async fn completed_once(db: &TestDb, n: i64) {
 #[tokio::test]
 async fn four_workers_complete_twenty_thousand_tasks_exactly_once() {
     let db = TestDb::migrated().await;
-    let mut input = String::new();
-    for i in 0..20_000 {
-        input.push_str(&format!("{{\"task\":\"t\",\"payload\":{{\"i\":{i}}}}}\n"));
-    }
-    run_with_stdin(
-        &mut db.pgc(),
-        &["enqueue", "--batch", "-"],
-        input.as_bytes(),
-    )
-    .ok();
+    enqueue_many(&db, "t", 20_000);
     let workers: Vec<Child> = (0..4)
         .map(|_| spawn_worker(&db, &["--until-empty", "--concurrency", "8", "--", "true"]))
         .collect();
@@ -525,16 +527,7 @@ async fn four_workers_complete_twenty_thousand_tasks_exactly_once() {
 #[tokio::test]
 async fn killed_database_connections_are_survived_and_nothing_is_lost() {
     let db = TestDb::migrated().await;
-    let mut input = String::new();
-    for _ in 0..3000 {
-        input.push_str("{\"task\":\"t\"}\n");
-    }
-    run_with_stdin(
-        &mut db.pgc(),
-        &["enqueue", "--batch", "-"],
-        input.as_bytes(),
-    )
-    .ok();
+    enqueue_many(&db, "t", 3000);
     let w = spawn_worker(
         &db,
         &["--until-empty", "--poll-interval", "100ms", "--", "true"],
@@ -839,16 +832,7 @@ async fn a_second_signal_stops_handlers_at_once_and_releases_their_executions() 
 #[tokio::test]
 async fn prefetched_executions_run_once_and_are_given_back_unused_at_shutdown() {
     let db = TestDb::migrated().await;
-    let mut input = String::new();
-    for _ in 0..300 {
-        input.push_str("{\"task\":\"quick\"}\n");
-    }
-    run_with_stdin(
-        &mut db.pgc(),
-        &["enqueue", "--batch", "-"],
-        input.as_bytes(),
-    )
-    .ok();
+    enqueue_many(&db, "quick", 300);
     work(
         &db,
         &["--concurrency", "4", "--prefetch", "8", "--", "true"],
