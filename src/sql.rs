@@ -125,6 +125,10 @@ update pgconductor._private_workers set heartbeat_at = now() where id = $1";
 pub const WORKER_STOPPED: &str = "
 update pgconductor._private_workers set stopped_at = now(), heartbeat_at = now() where id = $1";
 
+/// Worker connections plan each prepared statement once, for any parameters: a custom
+/// plan of a claim costs more than running it (see `worker::Session`).
+pub const GENERIC_PLANS: &str = "set plan_cache_mode = force_generic_plan";
+
 /// Claim up to `$3` due executions of the queues `$2` (in each queue's priority order,
 /// then the oldest first), for worker `$1`, leased for `$5` seconds. `$4`: the tasks the
 /// worker has handlers for, or null for all. Each claim starts an attempt: a new attempt

@@ -45,7 +45,8 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 use tokio::task::JoinSet;
-use tokio_postgres::Client;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Row, Statement};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -327,8 +328,40 @@ async fn bounded<T, E: std::fmt::Display>(
 struct Db {
     opts: ConnectOptions,
     client: Option<Client>,
+    /// The hot statements, prepared on the current connection (see [`Session`]).
+    stmts: HashMap<&'static str, Statement>,
     retry_at: Instant,
     backoff: Duration,
+}
+
+/// A connection with its prepared statements. The claim and settle statements run
+/// hundreds of times a second: prepared once per connection and planned once (worker
+/// connections use generic plans), they skip parsing and planning on every call. Planning
+/// was the larger part of a small claim: the planner probes the claim index for the
+/// range of `run_at`, and the index holds an entry for every row claimed since the
+/// last vacuum.
+struct Session<'a> {
+    client: &'a Client,
+    stmts: &'a mut HashMap<&'static str, Statement>,
+}
+
+impl Session<'_> {
+    /// Runs `sql`, prepared on first use.
+    async fn query(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> std::result::Result<Vec<Row>, tokio_postgres::Error> {
+        let stmt = match self.stmts.get(sql) {
+            Some(s) => s.clone(),
+            None => {
+                let s = self.client.prepare(sql).await?;
+                self.stmts.insert(sql, s.clone());
+                s
+            }
+        };
+        self.client.query(&stmt, params).await
+    }
 }
 
 impl Db {
@@ -336,6 +369,7 @@ impl Db {
         Db {
             opts,
             client,
+            stmts: HashMap::new(),
             retry_at: Instant::now(),
             backoff: Duration::from_millis(100),
         }
@@ -353,6 +387,10 @@ impl Db {
                     if self.client.is_some() || self.backoff > Duration::from_millis(100) {
                         events(Event::DatabaseBack);
                     }
+                    // Statements are planned once, whatever their parameters (a session
+                    // setting; a server that does not know it only loses the speed-up).
+                    let _ = c.batch_execute(sql::GENERIC_PLANS).await;
+                    self.stmts.clear();
                     self.client = Some(c);
                     self.backoff = Duration::from_millis(100);
                 }
@@ -363,6 +401,16 @@ impl Db {
             }
         }
         self.client.as_ref().filter(|c| !c.is_closed())
+    }
+
+    /// The client with its prepared statements; `None` while the database is away.
+    async fn session(&mut self, events: &EventSink) -> Option<Session<'_>> {
+        self.client(events).await?;
+        let client = self.client.as_ref()?;
+        Some(Session {
+            client,
+            stmts: &mut self.stmts,
+        })
     }
 
     fn fail(&mut self, events: &EventSink, error: String) {
@@ -767,9 +815,9 @@ async fn claimer(
 ) {
     while let Some(n) = requests.recv().await {
         let limit = i64::try_from(n).unwrap_or(i64::MAX);
-        let answer = match db.client(&events).await {
-            Some(client) => {
-                match bounded(client.query(
+        let answer = match db.session(&events).await {
+            Some(mut session) => {
+                match bounded(session.query(
                     sql::CLAIM,
                     &[&q.worker_id, &q.queues, &limit, &q.tasks, &q.lease_secs],
                 ))
@@ -822,9 +870,9 @@ async fn settler(
             }
         }
         let n = buf.len();
-        if let Some(client) = db.client(&events).await {
+        if let Some(mut session) = db.session(&events).await {
             match bounded(settle_all(
-                client,
+                &mut session,
                 worker_id,
                 &opts,
                 &mut buf,
@@ -955,7 +1003,7 @@ fn attempt_context(
 /// Settles every finished attempt in `buf`: at most three statements (completed, failed,
 /// released). On error the buffer is kept for the next try; fencing makes a repeat safe.
 async fn settle_all(
-    client: &Client,
+    session: &mut Session<'_>,
     worker_id: Uuid,
     opts: &WorkerOptions,
     buf: &mut Vec<Done>,
@@ -1013,7 +1061,7 @@ async fn settle_all(
     let mut finished_other = false;
     let mut settled: std::collections::HashSet<Uuid> = std::collections::HashSet::new();
     if !complete.0.is_empty() {
-        let rows = client
+        let rows = session
             .query(
                 sql::COMPLETE,
                 &[&worker_id, &complete.0, &complete.1, &complete.2],
@@ -1034,7 +1082,7 @@ async fn settle_all(
         }
     }
     if !fail.0.is_empty() {
-        let rows = client
+        let rows = session
             .query(
                 sql::FAIL,
                 &[&worker_id, &fail.0, &fail.1, &fail.2, &fail.3, &fail.4],
@@ -1080,7 +1128,7 @@ async fn settle_all(
         }
     }
     if !release.0.is_empty() {
-        let rows = client
+        let rows = session
             .query(
                 sql::RELEASE,
                 &[&worker_id, &release.0, &release.1, &release.2, &release.3],
@@ -1115,7 +1163,7 @@ async fn settle_all(
         }
     }
     if !cancelled.0.is_empty() {
-        let rows = client
+        let rows = session
             .query(
                 sql::SETTLE_CANCELLED,
                 &[&worker_id, &cancelled.0, &cancelled.1],
@@ -1137,7 +1185,7 @@ async fn settle_all(
     // Anything finished (not merely retried or released): wake `--wait` and `cancel`.
     // Anything finished besides completions (COMPLETE notifies by itself): wake waiters.
     if finished_other {
-        client.execute(sql::NOTIFY_FINISHED, &[]).await?;
+        session.client.execute(sql::NOTIFY_FINISHED, &[]).await?;
     }
     for d in buf.iter().filter(|d| !settled.contains(&d.id)) {
         report.leases_lost += 1;
