@@ -31,6 +31,7 @@ Register-ArgumentCompleter -Native -CommandName 'pgc' -ScriptBlock {
             [CompletionResult]::new('work', 'work', [CompletionResultType]::ParameterValue, 'Run tasks from queues as commands (a foreground worker)')
             [CompletionResult]::new('step', 'step', [CompletionResultType]::ParameterValue, 'Run a command as a memoized step of the current execution (inside a handler)')
             [CompletionResult]::new('cancel', 'cancel', [CompletionResultType]::ParameterValue, 'Cancel an execution (pending: at once; running: its worker stops it)')
+            [CompletionResult]::new('trace', 'trace', [CompletionResultType]::ParameterValue, 'Show the whole trace of an execution, rebuilt from the rows')
             [CompletionResult]::new('bench', 'bench', [CompletionResultType]::ParameterValue, 'Measure enqueue, work and latency on a scratch queue (in-process no-op handlers)')
             [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print a shell completion script')
             [CompletionResult]::new('man', 'man', [CompletionResultType]::ParameterValue, 'Print the man page, or write every page into a directory')
@@ -112,6 +113,17 @@ Register-ArgumentCompleter -Native -CommandName 'pgc' -ScriptBlock {
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
             break
         }
+        'pgc;trace' {
+            [CompletionResult]::new('--trace-id', '--trace-id', [CompletionResultType]::ParameterName, 'Show the trace with this id (32 hex digits) instead')
+            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Output format: a tree table, JSON for scripts, an OTLP/JSON export request, or the opentelemetry-stdout exporter''s text. Default: table (nothing with --export)')
+            [CompletionResult]::new('--export', '--export', [CompletionResultType]::ParameterName, 'Also send the spans to an OTLP/HTTP (protobuf) endpoint: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else OTEL_EXPORTER_OTLP_ENDPOINT plus /v1/traces, else http://localhost:4318/v1/traces')
+            [CompletionResult]::new('--database-url', '--database-url', [CompletionResultType]::ParameterName, 'PostgreSQL URL (postgres://user@host:port/db?sslmode=…) or libpq conninfo string. Without it, the libpq variables PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE and PGSSLROOTCERT apply, with libpq''s defaults')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
         'pgc;bench' {
             [CompletionResult]::new('--jobs', '--jobs', [CompletionResultType]::ParameterName, 'Executions to enqueue and work')
             [CompletionResult]::new('--concurrency', '--concurrency', [CompletionResultType]::ParameterName, 'Worker concurrency (in-process handlers)')
@@ -147,6 +159,7 @@ Register-ArgumentCompleter -Native -CommandName 'pgc' -ScriptBlock {
             [CompletionResult]::new('work', 'work', [CompletionResultType]::ParameterValue, 'Run tasks from queues as commands (a foreground worker)')
             [CompletionResult]::new('step', 'step', [CompletionResultType]::ParameterValue, 'Run a command as a memoized step of the current execution (inside a handler)')
             [CompletionResult]::new('cancel', 'cancel', [CompletionResultType]::ParameterValue, 'Cancel an execution (pending: at once; running: its worker stops it)')
+            [CompletionResult]::new('trace', 'trace', [CompletionResultType]::ParameterValue, 'Show the whole trace of an execution, rebuilt from the rows')
             [CompletionResult]::new('bench', 'bench', [CompletionResultType]::ParameterValue, 'Measure enqueue, work and latency on a scratch queue (in-process no-op handlers)')
             [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print a shell completion script')
             [CompletionResult]::new('man', 'man', [CompletionResultType]::ParameterValue, 'Print the man page, or write every page into a directory')
@@ -166,6 +179,9 @@ Register-ArgumentCompleter -Native -CommandName 'pgc' -ScriptBlock {
             break
         }
         'pgc;help;cancel' {
+            break
+        }
+        'pgc;help;trace' {
             break
         }
         'pgc;help;bench' {

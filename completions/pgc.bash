@@ -40,6 +40,9 @@ _pgc() {
             pgc,step)
                 cmd="pgc__subcmd__step"
                 ;;
+            pgc,trace)
+                cmd="pgc__subcmd__trace"
+                ;;
             pgc,work)
                 cmd="pgc__subcmd__work"
                 ;;
@@ -67,6 +70,9 @@ _pgc() {
             pgc__subcmd__help,step)
                 cmd="pgc__subcmd__help__subcmd__step"
                 ;;
+            pgc__subcmd__help,trace)
+                cmd="pgc__subcmd__help__subcmd__trace"
+                ;;
             pgc__subcmd__help,work)
                 cmd="pgc__subcmd__help__subcmd__work"
                 ;;
@@ -77,7 +83,7 @@ _pgc() {
 
     case "${cmd}" in
         pgc)
-            opts="-h -V --database-url --help --version migrate enqueue work step cancel bench completions man help"
+            opts="-h -V --database-url --help --version migrate enqueue work step cancel trace bench completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -239,7 +245,7 @@ _pgc() {
             return 0
             ;;
         pgc__subcmd__help)
-            opts="migrate enqueue work step cancel bench completions man help"
+            opts="migrate enqueue work step cancel trace bench completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -364,6 +370,20 @@ _pgc() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        pgc__subcmd__help__subcmd__trace)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         pgc__subcmd__help__subcmd__work)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -425,6 +445,36 @@ _pgc() {
                 return 0
             fi
             case "${prev}" in
+                --database-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        pgc__subcmd__trace)
+            opts="-h -V --trace-id --format --export --database-url --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --trace-id)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --format)
+                    COMPREPLY=($(compgen -W "table json otlp-json stdout" -- "${cur}"))
+                    return 0
+                    ;;
+                --export)
+                    COMPREPLY=($(compgen -W "otlp" -- "${cur}"))
+                    return 0
+                    ;;
                 --database-url)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

@@ -28,6 +28,7 @@ set edit:completion:arg-completer[pgc] = {|@words|
             cand work 'Run tasks from queues as commands (a foreground worker)'
             cand step 'Run a command as a memoized step of the current execution (inside a handler)'
             cand cancel 'Cancel an execution (pending: at once; running: its worker stops it)'
+            cand trace 'Show the whole trace of an execution, rebuilt from the rows'
             cand bench 'Measure enqueue, work and latency on a scratch queue (in-process no-op handlers)'
             cand completions 'Print a shell completion script'
             cand man 'Print the man page, or write every page into a directory'
@@ -103,6 +104,16 @@ set edit:completion:arg-completer[pgc] = {|@words|
             cand -V 'Print version'
             cand --version 'Print version'
         }
+        &'pgc;trace'= {
+            cand --trace-id 'Show the trace with this id (32 hex digits) instead'
+            cand --format 'Output format: a tree table, JSON for scripts, an OTLP/JSON export request, or the opentelemetry-stdout exporter''s text. Default: table (nothing with --export)'
+            cand --export 'Also send the spans to an OTLP/HTTP (protobuf) endpoint: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else OTEL_EXPORTER_OTLP_ENDPOINT plus /v1/traces, else http://localhost:4318/v1/traces'
+            cand --database-url 'PostgreSQL URL (postgres://user@host:port/db?sslmode=…) or libpq conninfo string. Without it, the libpq variables PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE and PGSSLROOTCERT apply, with libpq''s defaults'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
         &'pgc;bench'= {
             cand --jobs 'Executions to enqueue and work'
             cand --concurrency 'Worker concurrency (in-process handlers)'
@@ -135,6 +146,7 @@ set edit:completion:arg-completer[pgc] = {|@words|
             cand work 'Run tasks from queues as commands (a foreground worker)'
             cand step 'Run a command as a memoized step of the current execution (inside a handler)'
             cand cancel 'Cancel an execution (pending: at once; running: its worker stops it)'
+            cand trace 'Show the whole trace of an execution, rebuilt from the rows'
             cand bench 'Measure enqueue, work and latency on a scratch queue (in-process no-op handlers)'
             cand completions 'Print a shell completion script'
             cand man 'Print the man page, or write every page into a directory'
@@ -149,6 +161,8 @@ set edit:completion:arg-completer[pgc] = {|@words|
         &'pgc;help;step'= {
         }
         &'pgc;help;cancel'= {
+        }
+        &'pgc;help;trace'= {
         }
         &'pgc;help;bench'= {
         }

@@ -32,6 +32,7 @@ complete -c pgc -n "__fish_pgc_needs_command" -f -a "enqueue" -d 'Put a task exe
 complete -c pgc -n "__fish_pgc_needs_command" -f -a "work" -d 'Run tasks from queues as commands (a foreground worker)'
 complete -c pgc -n "__fish_pgc_needs_command" -f -a "step" -d 'Run a command as a memoized step of the current execution (inside a handler)'
 complete -c pgc -n "__fish_pgc_needs_command" -f -a "cancel" -d 'Cancel an execution (pending: at once; running: its worker stops it)'
+complete -c pgc -n "__fish_pgc_needs_command" -f -a "trace" -d 'Show the whole trace of an execution, rebuilt from the rows'
 complete -c pgc -n "__fish_pgc_needs_command" -f -a "bench" -d 'Measure enqueue, work and latency on a scratch queue (in-process no-op handlers)'
 complete -c pgc -n "__fish_pgc_needs_command" -f -a "completions" -d 'Print a shell completion script'
 complete -c pgc -n "__fish_pgc_needs_command" -f -a "man" -d 'Print the man page, or write every page into a directory'
@@ -81,6 +82,15 @@ complete -c pgc -n "__fish_pgc_using_subcommand cancel" -l wait -d 'How long to 
 complete -c pgc -n "__fish_pgc_using_subcommand cancel" -l database-url -d 'PostgreSQL URL (postgres://user@host:port/db?sslmode=…) or libpq conninfo string. Without it, the libpq variables PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE and PGSSLROOTCERT apply, with libpq\'s defaults' -r
 complete -c pgc -n "__fish_pgc_using_subcommand cancel" -s h -l help -d 'Print help'
 complete -c pgc -n "__fish_pgc_using_subcommand cancel" -s V -l version -d 'Print version'
+complete -c pgc -n "__fish_pgc_using_subcommand trace" -l trace-id -d 'Show the trace with this id (32 hex digits) instead' -r
+complete -c pgc -n "__fish_pgc_using_subcommand trace" -l format -d 'Output format: a tree table, JSON for scripts, an OTLP/JSON export request, or the opentelemetry-stdout exporter\'s text. Default: table (nothing with --export)' -r -f -a "table\t'A tree with a waterfall, one row per span'
+json\t'A stable JSON document'
+otlp-json\t'An OTLP/JSON ExportTraceServiceRequest on one line'
+stdout\t'The opentelemetry-stdout span exporter'"
+complete -c pgc -n "__fish_pgc_using_subcommand trace" -l export -d 'Also send the spans to an OTLP/HTTP (protobuf) endpoint: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else OTEL_EXPORTER_OTLP_ENDPOINT plus /v1/traces, else http://localhost:4318/v1/traces' -r -f -a "otlp\t'OTLP over HTTP with protobuf bodies'"
+complete -c pgc -n "__fish_pgc_using_subcommand trace" -l database-url -d 'PostgreSQL URL (postgres://user@host:port/db?sslmode=…) or libpq conninfo string. Without it, the libpq variables PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE and PGSSLROOTCERT apply, with libpq\'s defaults' -r
+complete -c pgc -n "__fish_pgc_using_subcommand trace" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c pgc -n "__fish_pgc_using_subcommand trace" -s V -l version -d 'Print version'
 complete -c pgc -n "__fish_pgc_using_subcommand bench" -l jobs -d 'Executions to enqueue and work' -r
 complete -c pgc -n "__fish_pgc_using_subcommand bench" -l concurrency -d 'Worker concurrency (in-process handlers)' -r
 complete -c pgc -n "__fish_pgc_using_subcommand bench" -l latency-samples -d 'Sequential single enqueues for the latency figure' -r
@@ -95,12 +105,13 @@ complete -c pgc -n "__fish_pgc_using_subcommand man" -l dir -d 'Write every page
 complete -c pgc -n "__fish_pgc_using_subcommand man" -l database-url -d 'PostgreSQL URL (postgres://user@host:port/db?sslmode=…) or libpq conninfo string. Without it, the libpq variables PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE and PGSSLROOTCERT apply, with libpq\'s defaults' -r
 complete -c pgc -n "__fish_pgc_using_subcommand man" -s h -l help -d 'Print help'
 complete -c pgc -n "__fish_pgc_using_subcommand man" -s V -l version -d 'Print version'
-complete -c pgc -n "__fish_pgc_using_subcommand help; and not __fish_seen_subcommand_from migrate enqueue work step cancel bench completions man help" -f -a "migrate" -d 'Install or upgrade the pgconductor schema'
-complete -c pgc -n "__fish_pgc_using_subcommand help; and not __fish_seen_subcommand_from migrate enqueue work step cancel bench completions man help" -f -a "enqueue" -d 'Put a task execution (or a JSON Lines batch of them) into a queue'
-complete -c pgc -n "__fish_pgc_using_subcommand help; and not __fish_seen_subcommand_from migrate enqueue work step cancel bench completions man help" -f -a "work" -d 'Run tasks from queues as commands (a foreground worker)'
-complete -c pgc -n "__fish_pgc_using_subcommand help; and not __fish_seen_subcommand_from migrate enqueue work step cancel bench completions man help" -f -a "step" -d 'Run a command as a memoized step of the current execution (inside a handler)'
-complete -c pgc -n "__fish_pgc_using_subcommand help; and not __fish_seen_subcommand_from migrate enqueue work step cancel bench completions man help" -f -a "cancel" -d 'Cancel an execution (pending: at once; running: its worker stops it)'
-complete -c pgc -n "__fish_pgc_using_subcommand help; and not __fish_seen_subcommand_from migrate enqueue work step cancel bench completions man help" -f -a "bench" -d 'Measure enqueue, work and latency on a scratch queue (in-process no-op handlers)'
-complete -c pgc -n "__fish_pgc_using_subcommand help; and not __fish_seen_subcommand_from migrate enqueue work step cancel bench completions man help" -f -a "completions" -d 'Print a shell completion script'
-complete -c pgc -n "__fish_pgc_using_subcommand help; and not __fish_seen_subcommand_from migrate enqueue work step cancel bench completions man help" -f -a "man" -d 'Print the man page, or write every page into a directory'
-complete -c pgc -n "__fish_pgc_using_subcommand help; and not __fish_seen_subcommand_from migrate enqueue work step cancel bench completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c pgc -n "__fish_pgc_using_subcommand help; and not __fish_seen_subcommand_from migrate enqueue work step cancel trace bench completions man help" -f -a "migrate" -d 'Install or upgrade the pgconductor schema'
+complete -c pgc -n "__fish_pgc_using_subcommand help; and not __fish_seen_subcommand_from migrate enqueue work step cancel trace bench completions man help" -f -a "enqueue" -d 'Put a task execution (or a JSON Lines batch of them) into a queue'
+complete -c pgc -n "__fish_pgc_using_subcommand help; and not __fish_seen_subcommand_from migrate enqueue work step cancel trace bench completions man help" -f -a "work" -d 'Run tasks from queues as commands (a foreground worker)'
+complete -c pgc -n "__fish_pgc_using_subcommand help; and not __fish_seen_subcommand_from migrate enqueue work step cancel trace bench completions man help" -f -a "step" -d 'Run a command as a memoized step of the current execution (inside a handler)'
+complete -c pgc -n "__fish_pgc_using_subcommand help; and not __fish_seen_subcommand_from migrate enqueue work step cancel trace bench completions man help" -f -a "cancel" -d 'Cancel an execution (pending: at once; running: its worker stops it)'
+complete -c pgc -n "__fish_pgc_using_subcommand help; and not __fish_seen_subcommand_from migrate enqueue work step cancel trace bench completions man help" -f -a "trace" -d 'Show the whole trace of an execution, rebuilt from the rows'
+complete -c pgc -n "__fish_pgc_using_subcommand help; and not __fish_seen_subcommand_from migrate enqueue work step cancel trace bench completions man help" -f -a "bench" -d 'Measure enqueue, work and latency on a scratch queue (in-process no-op handlers)'
+complete -c pgc -n "__fish_pgc_using_subcommand help; and not __fish_seen_subcommand_from migrate enqueue work step cancel trace bench completions man help" -f -a "completions" -d 'Print a shell completion script'
+complete -c pgc -n "__fish_pgc_using_subcommand help; and not __fish_seen_subcommand_from migrate enqueue work step cancel trace bench completions man help" -f -a "man" -d 'Print the man page, or write every page into a directory'
+complete -c pgc -n "__fish_pgc_using_subcommand help; and not __fish_seen_subcommand_from migrate enqueue work step cancel trace bench completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

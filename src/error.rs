@@ -60,6 +60,10 @@ pub enum Error {
     #[error("no execution with id {0}")]
     NotFound(uuid::Uuid),
 
+    /// No execution belongs to this trace id.
+    #[error("no execution in trace {0}")]
+    TraceNotFound(String),
+
     /// The execution has already finished, so it cannot be changed.
     #[error("execution {id} has already finished ({status})")]
     Finished {

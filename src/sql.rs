@@ -407,3 +407,72 @@ set status = 'pending', attempts = e.attempts - 1, locked_by = null, locked_unti
 from unnest($2::uuid[], $3::int[]) as v(id, generation)
 where e.id = v.id and e.locked_by = $1 and e.lease_generation = v.generation
 returning e.id";
+
+// ---------------------------------------------------------------------------------------
+// Trace inspection (`pgc trace`): read in one repeatable-read snapshot, so an attempt
+// that moves from the execution row to `_private_attempts` between two statements is
+// seen exactly once.
+
+/// The execution columns a trace is rebuilt from, in the order [`crate::trace`] reads them.
+macro_rules! trace_execution_columns {
+    () => {
+        "e.id, e.queue, e.task_key, e.status, e.priority, e.attempts, e.max_attempts,
+       e.parent_execution_id, e.trace_context ->> 'traceparent', e.trace_context ->> 'tracestate',
+       e.parent_span_id, e.created_at, e.started_at, e.attempt_span_id, e.finished_at,
+       e.last_error"
+    };
+}
+
+/// Start the snapshot every trace query reads from.
+pub const TRACE_SNAPSHOT: &str = "start transaction isolation level repeatable read, read only";
+
+/// One execution by id (`$1`), to find its trace.
+pub const TRACE_EXECUTION: &str = concat!(
+    "select ",
+    trace_execution_columns!(),
+    "
+from pgconductor._private_executions e
+where e.id = $1"
+);
+
+/// Every execution of one trace (`$1`, `$2` from [`trace_id_range`]), through the
+/// traceparent index.
+pub const TRACE_EXECUTIONS: &str = concat!(
+    "select ",
+    trace_execution_columns!(),
+    "
+from pgconductor._private_executions e
+where (e.trace_context ->> 'traceparent') ~>=~ $1
+  and (e.trace_context ->> 'traceparent') ~<~ $2"
+);
+
+/// Earlier attempts of every execution of one trace (`$1`, `$2` as for
+/// [`TRACE_EXECUTIONS`]).
+pub const TRACE_ATTEMPTS: &str = "
+select a.execution_id, a.attempt, a.span_id, a.started_at, a.finished_at, a.outcome, a.error
+from pgconductor._private_executions e
+join pgconductor._private_attempts a on a.execution_id = e.id
+where (e.trace_context ->> 'traceparent') ~>=~ $1
+  and (e.trace_context ->> 'traceparent') ~<~ $2";
+
+/// Step runs of every execution of one trace (`$1`, `$2` as for [`TRACE_EXECUTIONS`]).
+pub const TRACE_STEPS: &str = "
+select s.execution_id, s.attempt, s.name, s.span_id, s.status, s.exit_code, s.started_at,
+       s.finished_at
+from pgconductor._private_executions e
+join pgconductor._private_steps s on s.execution_id = e.id
+where (e.trace_context ->> 'traceparent') ~>=~ $1
+  and (e.trace_context ->> 'traceparent') ~<~ $2";
+
+/// Earlier attempts of one execution (`$1`), for an execution shown on its own.
+pub const TRACE_ATTEMPTS_OF: &str = "
+select a.execution_id, a.attempt, a.span_id, a.started_at, a.finished_at, a.outcome, a.error
+from pgconductor._private_attempts a
+where a.execution_id = $1";
+
+/// Step runs of one execution (`$1`), for an execution shown on its own.
+pub const TRACE_STEPS_OF: &str = "
+select s.execution_id, s.attempt, s.name, s.span_id, s.status, s.exit_code, s.started_at,
+       s.finished_at
+from pgconductor._private_steps s
+where s.execution_id = $1";

@@ -7,7 +7,7 @@ use anyhow::Result;
 use uuid::Uuid;
 
 use super::output::{info, write_stdout};
-use super::{GlobalArgs, parse_duration};
+use super::{GlobalArgs, parse_duration, parse_execution_id};
 use crate::error::Error;
 use crate::execution::{self, Cancelled};
 use crate::{migrate, sql};
@@ -18,16 +18,12 @@ use crate::{migrate, sql};
 #[derive(Debug, clap::Args)]
 pub struct CancelArgs {
     /// The execution id.
-    #[arg(value_name = "EXECUTION_ID", value_parser = parse_id)]
+    #[arg(value_name = "EXECUTION_ID", value_parser = parse_execution_id)]
     pub id: Uuid,
 
     /// How long to wait for a running execution to stop.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub wait: Duration,
-}
-
-fn parse_id(s: &str) -> Result<Uuid, String> {
-    Uuid::parse_str(s.trim()).map_err(|e| format!("{s:?} is not an execution id (a UUID): {e}"))
 }
 
 /// Runs `pgc cancel`.

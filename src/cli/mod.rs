@@ -12,6 +12,7 @@ mod enqueue;
 mod migrate;
 mod output;
 mod step;
+mod trace;
 mod work;
 
 use std::process::ExitCode;
@@ -75,6 +76,8 @@ pub enum Command {
     Step(step::StepArgs),
     /// Cancel an execution (pending: at once; running: its worker stops it).
     Cancel(cancel::CancelArgs),
+    /// Show the whole trace of an execution, rebuilt from the rows.
+    Trace(trace::TraceArgs),
     /// Measure enqueue, work and latency on a scratch queue (in-process no-op handlers).
     Bench(bench::BenchArgs),
     /// Print a shell completion script.
@@ -97,6 +100,7 @@ pub fn main() -> ExitCode {
         Command::Work(args) => with_runtime(|| work::run(&cli.global, args)),
         Command::Step(args) => with_runtime(|| step::run(&cli.global, args)),
         Command::Cancel(args) => with_runtime(|| cancel::run(&cli.global, args)),
+        Command::Trace(args) => with_runtime(|| trace::run(&cli.global, args)),
         Command::Bench(args) => with_runtime(|| bench::run(&cli.global, args)),
     };
     match outcome {
@@ -183,6 +187,12 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         ));
     }
     Ok(d)
+}
+
+/// Parses an execution id argument (a UUID, surrounding whitespace ignored).
+fn parse_execution_id(s: &str) -> Result<uuid::Uuid, String> {
+    uuid::Uuid::parse_str(s.trim())
+        .map_err(|e| format!("{s:?} is not an execution id (a UUID): {e}"))
 }
 
 /// Connects with the global flags' settings.

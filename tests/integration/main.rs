@@ -13,4 +13,5 @@ mod enqueue;
 mod migrate;
 mod schema;
 mod step;
+mod trace;
 mod work;

@@ -1,0 +1,934 @@
+//! Rebuilding a whole trace from the queue's rows: the spans, their tree, and the
+//! documents scripts read (JSON, OTLP/JSON).
+//!
+//! Every execution contributes one producer span (its enqueue, whose carrier is stored in
+//! `trace_context`), one consumer span per attempt (the current one on the row, earlier
+//! ones in `_private_attempts`) and one internal span per step run. Span ids are the
+//! stored ones, which are the ids handlers got in `TRACEPARENT`, so a rebuilt span is the
+//! same span live telemetry reports. A parent that is not in the database (the caller's
+//! span, such as a CI job's) stays the parent; the tree shows it as a remote root.
+
+mod otlp;
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{Map, Value, json};
+use tokio_postgres::{Client, Row};
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::sql;
+use crate::traceparent::TraceParent;
+
+pub use otlp::{Resource, otlp_json, span_data};
+
+/// What to rebuild the trace from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// The trace this execution belongs to.
+    Execution(Uuid),
+    /// A trace id: 32 lower-case hex digits, not all zeros (see [`parse_trace_id`]).
+    TraceId(String),
+}
+
+/// Checks a trace id given on the command line: 32 hex digits, not all zeros.
+/// Upper-case digits are accepted and lowered (ids are often pasted from other tools).
+pub fn parse_trace_id(s: &str) -> Result<String, String> {
+    let id = s.trim().to_ascii_lowercase();
+    if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("{s:?} is not a trace id (32 hex digits)"));
+    }
+    if id.bytes().all(|b| b == b'0') {
+        return Err(format!("{s:?} is not a trace id: all zeros is invalid"));
+    }
+    Ok(id)
+}
+
+/// The kind of a rebuilt span.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SpanKind {
+    /// An enqueue.
+    Producer,
+    /// An attempt.
+    Consumer,
+    /// A step inside an attempt.
+    Internal,
+}
+
+impl SpanKind {
+    /// `producer`, `consumer` or `internal`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpanKind::Producer => "producer",
+            SpanKind::Consumer => "consumer",
+            SpanKind::Internal => "internal",
+        }
+    }
+}
+
+/// The status of a rebuilt span, as OpenTelemetry defines it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpanStatus {
+    /// Nothing to report (an enqueue, a released or still running attempt).
+    Unset,
+    /// Completed.
+    Ok,
+    /// Failed; the span's `status_message` says why.
+    Error,
+}
+
+impl SpanStatus {
+    /// `unset`, `ok` or `error`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpanStatus::Unset => "unset",
+            SpanStatus::Ok => "ok",
+            SpanStatus::Error => "error",
+        }
+    }
+}
+
+/// An attribute value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttrValue {
+    /// A string.
+    Str(String),
+    /// An integer.
+    Int(i64),
+    /// A boolean.
+    Bool(bool),
+}
+
+impl AttrValue {
+    fn to_json(&self) -> Value {
+        match self {
+            AttrValue::Str(s) => Value::from(s.as_str()),
+            AttrValue::Int(i) => Value::from(*i),
+            AttrValue::Bool(b) => Value::from(*b),
+        }
+    }
+}
+
+/// One span rebuilt from the rows.
+#[derive(Debug, Clone)]
+pub struct Span {
+    /// 16 lower-case hex digits.
+    pub span_id: String,
+    /// The parent's span id; `None` only for a true root (an enqueue that started a new
+    /// trace).
+    pub parent_span_id: Option<String>,
+    /// The parent is not in the database (the caller's span, such as a CI job's).
+    pub parent_is_remote: bool,
+    /// `conductor.invoke`, `task:<task>` or `task.step:<name>`.
+    pub name: String,
+    /// Producer, consumer or internal.
+    pub kind: SpanKind,
+    /// When it started.
+    pub start: DateTime<Utc>,
+    /// When it ended; `None` while it is still running.
+    pub end: Option<DateTime<Utc>>,
+    /// Consumer spans: since when the execution waited in the queue before this attempt
+    /// started. Producer spans of pending executions: since when it has been waiting.
+    pub waiting_since: Option<DateTime<Utc>>,
+    /// OpenTelemetry status.
+    pub status: SpanStatus,
+    /// Why it failed (or was released).
+    pub status_message: Option<String>,
+    /// pgc's word for how it ended: `enqueued`/`pending` (producer), `completed`,
+    /// `failed`, `timed_out`, `lost`, `released`, `cancelled`, `running` (attempts and
+    /// steps).
+    pub outcome: String,
+    /// The execution the span belongs to.
+    pub execution_id: Uuid,
+    /// That execution's status.
+    pub execution_status: String,
+    /// Its task.
+    pub task: String,
+    /// Its queue.
+    pub queue: String,
+    /// The attempt number (attempts and steps).
+    pub attempt: Option<i32>,
+    /// Span ids of linked spans in the same trace (an attempt links to its enqueue).
+    pub links: Vec<String>,
+    /// Attributes, following the messaging conventions and `pgconductor.*`.
+    pub attributes: Vec<(&'static str, AttrValue)>,
+}
+
+impl Span {
+    /// Still running: an attempt or step without an end.
+    pub fn in_progress(&self) -> bool {
+        self.end.is_none()
+    }
+}
+
+/// Where a row of the tree sits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeRef {
+    /// A span of the trace (an index into [`Trace::spans`]).
+    Span(usize),
+    /// A parent span that is not in the database (the caller's), by its span id.
+    Remote(String),
+}
+
+/// One row of the tree, in depth-first order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    /// What the row shows.
+    pub what: NodeRef,
+    /// For each ancestor level below the roots, whether a later sibling follows at that
+    /// level (draw a vertical guide there); the last entry is this node's own level.
+    pub guides: Vec<bool>,
+}
+
+impl Node {
+    /// 0 for a root.
+    pub fn depth(&self) -> usize {
+        self.guides.len()
+    }
+}
+
+/// A rebuilt trace.
+#[derive(Debug, Clone)]
+pub struct Trace {
+    /// 32 lower-case hex digits.
+    pub trace_id: String,
+    /// The execution `pgc trace ID` asked for.
+    pub requested: Option<Uuid>,
+    /// The database's clock when the rows were read (the end of what is still running).
+    pub now: DateTime<Utc>,
+    /// Every span, in tree order.
+    pub spans: Vec<Span>,
+    /// The tree, depth first: children in start order.
+    pub nodes: Vec<Node>,
+    /// How many executions the trace holds.
+    pub executions: usize,
+    /// Things in the rows that could not be shown as stored.
+    pub warnings: Vec<String>,
+}
+
+/// One execution row, as read.
+struct ExecRow {
+    id: Uuid,
+    queue: String,
+    task: String,
+    status: String,
+    priority: i32,
+    attempts: i32,
+    max_attempts: i32,
+    parent_execution_id: Option<Uuid>,
+    traceparent: Option<String>,
+    parent_span_id: Option<String>,
+    created_at: DateTime<Utc>,
+    started_at: Option<DateTime<Utc>>,
+    attempt_span_id: Option<String>,
+    finished_at: Option<DateTime<Utc>>,
+    last_error: Option<String>,
+}
+
+impl ExecRow {
+    fn read(row: &Row) -> Result<ExecRow> {
+        Ok(ExecRow {
+            id: row.try_get(0)?,
+            queue: row.try_get(1)?,
+            task: row.try_get(2)?,
+            status: row.try_get(3)?,
+            priority: row.try_get(4)?,
+            attempts: row.try_get(5)?,
+            max_attempts: row.try_get(6)?,
+            parent_execution_id: row.try_get(7)?,
+            traceparent: row.try_get(8)?,
+            // 9: tracestate, not part of the rebuilt spans.
+            parent_span_id: row.try_get(10)?,
+            created_at: row.try_get(11)?,
+            started_at: row.try_get(12)?,
+            attempt_span_id: row.try_get(13)?,
+            finished_at: row.try_get(14)?,
+            last_error: row.try_get(15)?,
+        })
+    }
+}
+
+/// An earlier attempt, as read.
+struct AttemptRow {
+    execution_id: Uuid,
+    attempt: i32,
+    span_id: String,
+    started_at: DateTime<Utc>,
+    finished_at: Option<DateTime<Utc>>,
+    outcome: String,
+    error: Option<String>,
+}
+
+impl AttemptRow {
+    fn read(row: &Row) -> Result<AttemptRow> {
+        Ok(AttemptRow {
+            execution_id: row.try_get(0)?,
+            attempt: row.try_get(1)?,
+            span_id: row.try_get(2)?,
+            started_at: row.try_get(3)?,
+            finished_at: row.try_get(4)?,
+            outcome: row.try_get(5)?,
+            error: row.try_get(6)?,
+        })
+    }
+}
+
+/// A step run, as read.
+struct StepRow {
+    execution_id: Uuid,
+    attempt: i32,
+    name: String,
+    span_id: String,
+    status: String,
+    exit_code: Option<i32>,
+    started_at: DateTime<Utc>,
+    finished_at: DateTime<Utc>,
+}
+
+impl StepRow {
+    fn read(row: &Row) -> Result<StepRow> {
+        Ok(StepRow {
+            execution_id: row.try_get(0)?,
+            attempt: row.try_get(1)?,
+            name: row.try_get(2)?,
+            span_id: row.try_get(3)?,
+            status: row.try_get(4)?,
+            exit_code: row.try_get(5)?,
+            started_at: row.try_get(6)?,
+            finished_at: row.try_get(7)?,
+        })
+    }
+}
+
+/// Reads the rows of the trace `lookup` names, in one snapshot, and rebuilds it.
+///
+/// Errors: [`Error::NotFound`] when no execution has the id, [`Error::TraceNotFound`]
+/// when no execution belongs to the trace id.
+pub async fn load(client: &Client, lookup: &Lookup) -> Result<Trace> {
+    client.batch_execute(sql::TRACE_SNAPSHOT).await?;
+    let loaded = read_rows(client, lookup).await;
+    // Read only: ending the snapshot cannot lose anything, so its error is secondary.
+    let ended = client.batch_execute("commit").await;
+    let (trace_id, requested, now, execs, attempts, steps, mut warnings) = loaded?;
+    ended?;
+    let mut trace = build(
+        trace_id,
+        requested,
+        now,
+        execs,
+        attempts,
+        steps,
+        &mut warnings,
+    );
+    trace.warnings = warnings;
+    Ok(trace)
+}
+
+type Rows = (
+    String,
+    Option<Uuid>,
+    DateTime<Utc>,
+    Vec<ExecRow>,
+    Vec<AttemptRow>,
+    Vec<StepRow>,
+    Vec<String>,
+);
+
+async fn read_rows(client: &Client, lookup: &Lookup) -> Result<Rows> {
+    let now: DateTime<Utc> = client.query_one(sql::NOW, &[]).await?.try_get(0)?;
+    let mut warnings = Vec::new();
+    let (trace_id, requested) = match lookup {
+        Lookup::TraceId(t) => (t.clone(), None),
+        Lookup::Execution(id) => {
+            let row = client
+                .query_opt(sql::TRACE_EXECUTION, &[id])
+                .await?
+                .ok_or(Error::NotFound(*id))?;
+            let exec = ExecRow::read(&row)?;
+            match producer_context(&exec) {
+                Ok(tp) => (tp.trace_id.to_string(), Some(*id)),
+                Err(why) => {
+                    // Its trace cannot be found: show the execution alone, as its own root.
+                    warnings.push(format!(
+                        "execution {id} has {why}: it is shown on its own, as a root, under a stand-in trace id"
+                    ));
+                    let attempts = client.query(sql::TRACE_ATTEMPTS_OF, &[id]).await?;
+                    let steps = client.query(sql::TRACE_STEPS_OF, &[id]).await?;
+                    return Ok((
+                        id.simple().to_string(),
+                        Some(*id),
+                        now,
+                        vec![exec],
+                        read_all(&attempts, AttemptRow::read)?,
+                        read_all(&steps, StepRow::read)?,
+                        warnings,
+                    ));
+                }
+            }
+        }
+    };
+    let (low, high) = sql::trace_id_range(&trace_id);
+    let execs = client.query(sql::TRACE_EXECUTIONS, &[&low, &high]).await?;
+    if execs.is_empty() {
+        return Err(Error::TraceNotFound(trace_id));
+    }
+    let attempts = client.query(sql::TRACE_ATTEMPTS, &[&low, &high]).await?;
+    let steps = client.query(sql::TRACE_STEPS, &[&low, &high]).await?;
+    Ok((
+        trace_id,
+        requested,
+        now,
+        read_all(&execs, ExecRow::read)?,
+        read_all(&attempts, AttemptRow::read)?,
+        read_all(&steps, StepRow::read)?,
+        warnings,
+    ))
+}
+
+fn read_all<T>(rows: &[Row], f: fn(&Row) -> Result<T>) -> Result<Vec<T>> {
+    rows.iter().map(f).collect()
+}
+
+/// The execution's producer context, or why it has none.
+fn producer_context(exec: &ExecRow) -> Result<TraceParent, String> {
+    let Some(tp) = exec.traceparent.as_deref() else {
+        return Err("no traceparent in its trace context".into());
+    };
+    TraceParent::parse(tp).map_err(|e| format!("a malformed stored traceparent {tp:?} ({e})"))
+}
+
+/// A stand-in span id for an execution whose stored carrier cannot be read: the last 16
+/// hex digits of its id (random in a UUID v7, so never all zeros in practice).
+fn stand_in_span_id(id: Uuid) -> String {
+    id.simple().to_string()[16..].to_string()
+}
+
+fn base_attributes(exec: &ExecRow, operation: &'static str) -> Vec<(&'static str, AttrValue)> {
+    let mut attrs = vec![
+        ("messaging.system", AttrValue::Str("pgconductor".into())),
+        ("messaging.operation.type", AttrValue::Str(operation.into())),
+        (
+            "messaging.destination.name",
+            AttrValue::Str(exec.queue.clone()),
+        ),
+        ("messaging.message.id", AttrValue::Str(exec.id.to_string())),
+        ("pgconductor.task", AttrValue::Str(exec.task.clone())),
+        ("pgconductor.queue", AttrValue::Str(exec.queue.clone())),
+        (
+            "pgconductor.execution_id",
+            AttrValue::Str(exec.id.to_string()),
+        ),
+    ];
+    if let Some(parent) = exec.parent_execution_id {
+        attrs.push((
+            "pgconductor.parent_execution_id",
+            AttrValue::Str(parent.to_string()),
+        ));
+    }
+    attrs
+}
+
+/// Builds the spans of every execution, then the tree.
+fn build(
+    trace_id: String,
+    requested: Option<Uuid>,
+    now: DateTime<Utc>,
+    mut execs: Vec<ExecRow>,
+    attempts: Vec<AttemptRow>,
+    steps: Vec<StepRow>,
+    warnings: &mut Vec<String>,
+) -> Trace {
+    execs.sort_by_key(|e| (e.created_at, e.id));
+    let mut history: HashMap<Uuid, Vec<AttemptRow>> = HashMap::new();
+    for a in attempts {
+        history.entry(a.execution_id).or_default().push(a);
+    }
+    let mut step_rows: HashMap<Uuid, Vec<StepRow>> = HashMap::new();
+    for s in steps {
+        step_rows.entry(s.execution_id).or_default().push(s);
+    }
+    let mut spans = Vec::with_capacity(execs.len() * 2);
+    for exec in &execs {
+        let (producer_id, readable) = match producer_context(exec) {
+            Ok(tp) if tp.trace_id.to_string() == trace_id => (tp.parent_id.to_string(), true),
+            parsed => {
+                // An execution shown on its own was warned about when it was read.
+                if trace_id != exec.id.simple().to_string() {
+                    let why = match parsed {
+                        Ok(tp) => format!("a traceparent of another trace ({})", tp.trace_id),
+                        Err(why) => why,
+                    };
+                    warnings.push(format!(
+                        "execution {} has {why}: shown as a root under a stand-in span id",
+                        exec.id
+                    ));
+                }
+                (stand_in_span_id(exec.id), false)
+            }
+        };
+        let mut attempts = history.remove(&exec.id).unwrap_or_default();
+        attempts.sort_by_key(|a| (a.started_at, a.attempt));
+        let consumers_from = spans.len() + 1;
+        spans.push(producer_span(exec, &producer_id, readable, &attempts, now));
+        let mut waiting_since = exec.created_at;
+        for a in &attempts {
+            let (status, message) = match a.outcome.as_str() {
+                "released" => (SpanStatus::Unset, a.error.clone()),
+                _ => (SpanStatus::Error, a.error.clone()),
+            };
+            spans.push(consumer_span(
+                exec,
+                &producer_id,
+                ConsumerParts {
+                    span_id: a.span_id.clone(),
+                    attempt: a.attempt,
+                    start: a.started_at,
+                    end: Some(a.finished_at.unwrap_or(a.started_at)),
+                    waiting_since,
+                    status,
+                    message,
+                    outcome: a.outcome.clone(),
+                },
+            ));
+            waiting_since = a.finished_at.unwrap_or(a.started_at);
+        }
+        if let (Some(span_id), Some(start)) = (&exec.attempt_span_id, exec.started_at) {
+            let (status, message, outcome, end) = match exec.status.as_str() {
+                "completed" => (SpanStatus::Ok, None, "completed", exec.finished_at),
+                "failed" => (
+                    SpanStatus::Error,
+                    exec.last_error.clone(),
+                    "failed",
+                    exec.finished_at,
+                ),
+                "cancelled" => (
+                    SpanStatus::Error,
+                    exec.last_error.clone().or_else(|| Some("cancelled".into())),
+                    "cancelled",
+                    exec.finished_at,
+                ),
+                _ => (SpanStatus::Unset, None, "running", None),
+            };
+            spans.push(consumer_span(
+                exec,
+                &producer_id,
+                ConsumerParts {
+                    span_id: span_id.clone(),
+                    attempt: exec.attempts,
+                    start,
+                    end: end.map(|e| e.max(start)),
+                    waiting_since,
+                    status,
+                    message,
+                    outcome: outcome.into(),
+                },
+            ));
+        }
+        let mut runs = step_rows.remove(&exec.id).unwrap_or_default();
+        runs.sort_by_key(|s| s.started_at);
+        for s in runs {
+            let parent = spans[consumers_from..]
+                .iter()
+                .filter(|c| c.attempt == Some(s.attempt) && c.start <= s.started_at)
+                .max_by_key(|c| c.start)
+                .or_else(|| {
+                    spans[consumers_from..]
+                        .iter()
+                        .find(|c| c.attempt == Some(s.attempt))
+                })
+                .map_or_else(
+                    || {
+                        warnings.push(format!(
+                            "step {:?} of execution {} names attempt {}, which has no span: shown under the enqueue",
+                            s.name, exec.id, s.attempt
+                        ));
+                        producer_id.clone()
+                    },
+                    |c| c.span_id.clone(),
+                );
+            spans.push(step_span(exec, parent, s));
+        }
+    }
+    let (spans, nodes) = tree(spans, warnings);
+    Trace {
+        trace_id,
+        requested,
+        now,
+        executions: execs.len(),
+        spans,
+        nodes,
+        warnings: Vec::new(),
+    }
+}
+
+fn producer_span(
+    exec: &ExecRow,
+    span_id: &str,
+    readable: bool,
+    attempts: &[AttemptRow],
+    now: DateTime<Utc>,
+) -> Span {
+    let mut attributes = base_attributes(exec, "send");
+    attributes.push(("pgconductor.priority", AttrValue::Int(exec.priority.into())));
+    attributes.push((
+        "pgconductor.max_attempts",
+        AttrValue::Int(exec.max_attempts.into()),
+    ));
+    // Pending and not running: waiting since it was enqueued or since its last attempt.
+    let waiting_since = (exec.status == "pending" && exec.attempt_span_id.is_none()).then(|| {
+        attempts
+            .iter()
+            .filter_map(|a| a.finished_at)
+            .max()
+            .unwrap_or(exec.created_at)
+            .min(now)
+    });
+    Span {
+        span_id: span_id.to_string(),
+        // A stand-in span has no known parent: it is a root.
+        parent_span_id: if readable {
+            exec.parent_span_id.clone()
+        } else {
+            None
+        },
+        parent_is_remote: false,
+        name: "conductor.invoke".into(),
+        kind: SpanKind::Producer,
+        start: exec.created_at,
+        end: Some(exec.created_at),
+        waiting_since,
+        status: SpanStatus::Unset,
+        status_message: None,
+        outcome: if waiting_since.is_some() {
+            "pending".into()
+        } else {
+            "enqueued".into()
+        },
+        execution_id: exec.id,
+        execution_status: exec.status.clone(),
+        task: exec.task.clone(),
+        queue: exec.queue.clone(),
+        attempt: None,
+        links: Vec::new(),
+        attributes,
+    }
+}
+
+struct ConsumerParts {
+    span_id: String,
+    attempt: i32,
+    start: DateTime<Utc>,
+    end: Option<DateTime<Utc>>,
+    waiting_since: DateTime<Utc>,
+    status: SpanStatus,
+    message: Option<String>,
+    outcome: String,
+}
+
+fn consumer_span(exec: &ExecRow, producer_id: &str, p: ConsumerParts) -> Span {
+    let mut attributes = base_attributes(exec, "process");
+    attributes.push(("pgconductor.attempt", AttrValue::Int(p.attempt.into())));
+    attributes.push((
+        "pgconductor.attempt.outcome",
+        AttrValue::Str(p.outcome.clone()),
+    ));
+    if p.status == SpanStatus::Error {
+        attributes.push(("error.type", AttrValue::Str(p.outcome.clone())));
+    }
+    Span {
+        span_id: p.span_id,
+        parent_span_id: Some(producer_id.to_string()),
+        parent_is_remote: false,
+        name: format!("task:{}", exec.task),
+        kind: SpanKind::Consumer,
+        start: p.start,
+        end: p.end,
+        waiting_since: Some(p.waiting_since.min(p.start)),
+        status: p.status,
+        status_message: p.message,
+        outcome: p.outcome,
+        execution_id: exec.id,
+        execution_status: exec.status.clone(),
+        task: exec.task.clone(),
+        queue: exec.queue.clone(),
+        attempt: Some(p.attempt),
+        links: vec![producer_id.to_string()],
+        attributes,
+    }
+}
+
+fn step_span(exec: &ExecRow, parent: String, s: StepRow) -> Span {
+    let mut attributes = vec![
+        ("pgconductor.step.name", AttrValue::Str(s.name.clone())),
+        ("pgconductor.task", AttrValue::Str(exec.task.clone())),
+        ("pgconductor.queue", AttrValue::Str(exec.queue.clone())),
+        (
+            "pgconductor.execution_id",
+            AttrValue::Str(exec.id.to_string()),
+        ),
+        ("pgconductor.attempt", AttrValue::Int(s.attempt.into())),
+    ];
+    if let Some(code) = s.exit_code {
+        attributes.push(("pgconductor.step.exit_code", AttrValue::Int(code.into())));
+    }
+    let (status, message) = if s.status == "completed" {
+        (SpanStatus::Ok, None)
+    } else {
+        let why = match s.exit_code {
+            Some(code) => format!("step failed with exit code {code}"),
+            None => "step failed".to_string(),
+        };
+        attributes.push(("error.type", AttrValue::Str("failed".into())));
+        (SpanStatus::Error, Some(why))
+    };
+    Span {
+        span_id: s.span_id,
+        parent_span_id: Some(parent),
+        parent_is_remote: false,
+        name: format!("task.step:{}", s.name),
+        kind: SpanKind::Internal,
+        start: s.started_at,
+        end: Some(s.finished_at.max(s.started_at)),
+        waiting_since: None,
+        status,
+        status_message: message,
+        outcome: s.status,
+        execution_id: exec.id,
+        execution_status: exec.status.clone(),
+        task: exec.task.clone(),
+        queue: exec.queue.clone(),
+        attempt: Some(s.attempt),
+        links: Vec::new(),
+        attributes,
+    }
+}
+
+/// Orders the spans depth first (children by start time, then kind) and lays out the
+/// tree. Spans whose parent is not in the trace hang under a remote root per parent id;
+/// spans caught in a parent cycle (only possible in hand-edited rows) become roots.
+fn tree(mut spans: Vec<Span>, warnings: &mut Vec<String>) -> (Vec<Span>, Vec<Node>) {
+    let remote_parent: Vec<bool> = {
+        let ids: std::collections::HashSet<&str> =
+            spans.iter().map(|s| s.span_id.as_str()).collect();
+        spans
+            .iter()
+            .map(|s| {
+                s.parent_span_id
+                    .as_deref()
+                    .is_some_and(|p| !ids.contains(p))
+            })
+            .collect()
+    };
+    for (s, remote) in spans.iter_mut().zip(remote_parent) {
+        s.parent_is_remote = remote;
+    }
+    let mut index: HashMap<&str, usize> = HashMap::with_capacity(spans.len());
+    for (i, s) in spans.iter().enumerate() {
+        if index.insert(s.span_id.as_str(), i).is_some() {
+            warnings.push(format!(
+                "span id {} appears more than once in the rows",
+                s.span_id
+            ));
+        }
+    }
+    let key = |i: &usize| (spans[*i].start, spans[*i].kind, *i);
+    let mut children: HashMap<usize, Vec<usize>> = HashMap::new();
+    let mut remote: HashMap<&str, Vec<usize>> = HashMap::new();
+    let mut roots: Vec<usize> = Vec::new();
+    for (i, s) in spans.iter().enumerate() {
+        match s.parent_span_id.as_deref() {
+            None => roots.push(i),
+            Some(p) => match index.get(p) {
+                Some(&parent) if parent != i => children.entry(parent).or_default().push(i),
+                Some(_) => roots.push(i),
+                None => remote.entry(p).or_default().push(i),
+            },
+        }
+    }
+    for list in children.values_mut() {
+        list.sort_by_key(key);
+    }
+    // Top level: true roots and remote parents, by the start of what hangs under them.
+    enum Top<'a> {
+        Root(usize),
+        Remote(&'a str, Vec<usize>),
+    }
+    let mut top: Vec<(DateTime<Utc>, Top)> = roots
+        .into_iter()
+        .map(|i| (spans[i].start, Top::Root(i)))
+        .collect();
+    for (id, mut list) in remote {
+        list.sort_by_key(key);
+        top.push((spans[list[0]].start, Top::Remote(id, list)));
+    }
+    top.sort_by_key(|t| t.0);
+
+    type Raw = Vec<(Option<String>, Option<usize>, Vec<bool>)>;
+    fn walk(
+        start: usize,
+        guides: Vec<bool>,
+        children: &HashMap<usize, Vec<usize>>,
+        seen: &mut [bool],
+        out: &mut Raw,
+    ) {
+        let mut stack = vec![(start, guides)];
+        while let Some((i, guides)) = stack.pop() {
+            if seen[i] {
+                continue;
+            }
+            seen[i] = true;
+            if let Some(kids) = children.get(&i) {
+                let n = kids.len();
+                for (k, &c) in kids.iter().enumerate().rev() {
+                    let mut g = guides.clone();
+                    g.push(k + 1 < n);
+                    stack.push((c, g));
+                }
+            }
+            out.push((None, Some(i), guides));
+        }
+    }
+    let mut nodes_raw: Raw = Vec::with_capacity(spans.len() + 1);
+    let mut seen = vec![false; spans.len()];
+    for (_, t) in &top {
+        match t {
+            Top::Root(i) => walk(*i, Vec::new(), &children, &mut seen, &mut nodes_raw),
+            Top::Remote(id, list) => {
+                nodes_raw.push((Some((*id).to_string()), None, Vec::new()));
+                let n = list.len();
+                for (k, &c) in list.iter().enumerate() {
+                    walk(c, vec![k + 1 < n], &children, &mut seen, &mut nodes_raw);
+                }
+            }
+        }
+    }
+    // Whatever the walk never reached sits on a parent cycle.
+    for i in 0..spans.len() {
+        if !seen[i] {
+            warnings.push(format!(
+                "span {} is on a cycle of parents in the rows: shown as a root",
+                spans[i].span_id
+            ));
+            walk(i, Vec::new(), &children, &mut seen, &mut nodes_raw);
+        }
+    }
+    // Reorder the spans to tree order and point the nodes at the new positions.
+    let mut slots: Vec<Option<Span>> = spans.into_iter().map(Some).collect();
+    let mut ordered = Vec::with_capacity(slots.len());
+    let mut nodes = Vec::with_capacity(nodes_raw.len());
+    for (remote_id, span, guides) in nodes_raw {
+        match (remote_id, span) {
+            (Some(id), _) => nodes.push(Node {
+                what: NodeRef::Remote(id),
+                guides,
+            }),
+            (None, Some(i)) => {
+                if let Some(s) = slots[i].take() {
+                    ordered.push(s);
+                    nodes.push(Node {
+                        what: NodeRef::Span(ordered.len() - 1),
+                        guides,
+                    });
+                }
+            }
+            (None, None) => {}
+        }
+    }
+    (ordered, nodes)
+}
+
+/// Times as the JSON documents write them: RFC 3339, UTC, microseconds.
+pub fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+impl Trace {
+    /// The overall status: `failed` when any execution failed, else `running`,
+    /// `pending`, `cancelled`, and `completed` when every execution completed.
+    pub fn status(&self) -> &'static str {
+        let mut has = [false; 4];
+        for s in self.spans.iter().filter(|s| s.kind == SpanKind::Producer) {
+            match s.execution_status.as_str() {
+                "failed" => has[0] = true,
+                "running" => has[1] = true,
+                "pending" => has[2] = true,
+                "cancelled" => has[3] = true,
+                _ => {}
+            }
+        }
+        ["failed", "running", "pending", "cancelled"]
+            .into_iter()
+            .zip(has)
+            .find_map(|(name, h)| h.then_some(name))
+            .unwrap_or("completed")
+    }
+
+    /// When the trace started: its earliest span or wait.
+    pub fn start(&self) -> Option<DateTime<Utc>> {
+        self.spans
+            .iter()
+            .map(|s| s.waiting_since.map_or(s.start, |w| w.min(s.start)))
+            .min()
+    }
+
+    /// When it ended, or now when something is still running or waiting.
+    pub fn end(&self) -> Option<DateTime<Utc>> {
+        self.spans
+            .iter()
+            .map(|s| match (s.end, s.kind, s.outcome.as_str()) {
+                (None, _, _) | (_, SpanKind::Producer, "pending") => self.now,
+                (Some(e), _, _) => e,
+            })
+            .max()
+    }
+
+    /// The JSON document of `pgc trace --format json`.
+    pub fn to_json(&self) -> Value {
+        let spans: Vec<Value> = self
+            .spans
+            .iter()
+            .map(|s| {
+                let attributes: Map<String, Value> = s
+                    .attributes
+                    .iter()
+                    .map(|(k, v)| ((*k).to_string(), v.to_json()))
+                    .collect();
+                json!({
+                    "span_id": s.span_id,
+                    "parent_span_id": s.parent_span_id,
+                    "name": s.name,
+                    "kind": s.kind.as_str(),
+                    "start_time": rfc3339(s.start),
+                    "end_time": s.end.map(rfc3339),
+                    "status": s.status.as_str(),
+                    "status_message": s.status_message,
+                    "execution_id": s.execution_id,
+                    "execution_status": s.execution_status,
+                    "task": s.task,
+                    "queue": s.queue,
+                    "attempt": s.attempt,
+                    "outcome": s.outcome,
+                    "in_progress": s.in_progress(),
+                    "waiting_since": s.waiting_since.map(rfc3339),
+                    "links": s.links.iter().map(|l| json!({"trace_id": self.trace_id, "span_id": l})).collect::<Vec<_>>(),
+                    "attributes": attributes,
+                })
+            })
+            .collect();
+        json!({
+            "trace_id": self.trace_id,
+            "requested_execution_id": self.requested,
+            "status": self.status(),
+            "start_time": self.start().map(rfc3339),
+            "end_time": self.end().map(rfc3339),
+            "executions": self.executions,
+            "remote_parents": self.nodes.iter().filter_map(|n| match &n.what {
+                NodeRef::Remote(id) => Some(id.clone()),
+                NodeRef::Span(_) => None,
+            }).collect::<Vec<_>>(),
+            "spans": spans,
+            "warnings": self.warnings,
+        })
+    }
+}

@@ -1,0 +1,317 @@
+//! A rebuilt trace in OpenTelemetry's shapes: the OTLP/JSON `ExportTraceServiceRequest`
+//! (written here, following the OTLP/JSON encoding rules) and the SDK's `SpanData`,
+//! which the stdout and OTLP exporters take.
+
+use std::borrow::Cow;
+use std::time::SystemTime;
+
+use chrono::{DateTime, Utc};
+use opentelemetry::trace::{
+    Link, SpanContext, SpanId, SpanKind as OtelKind, Status, TraceFlags, TraceId, TraceState,
+};
+use opentelemetry::{InstrumentationScope, KeyValue, Value as OtelValue};
+use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
+use serde_json::{Value, json};
+
+use super::{AttrValue, Span, SpanKind, SpanStatus, Trace};
+
+/// The resource every exported span carries: `service.name` from `OTEL_SERVICE_NAME`,
+/// else from `OTEL_RESOURCE_ATTRIBUTES`, else `pgc`; the other
+/// `OTEL_RESOURCE_ATTRIBUTES` entries as given (percent-decoded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resource {
+    /// Key/value pairs, `service.name` first.
+    pub attributes: Vec<(String, String)>,
+}
+
+impl Resource {
+    /// Reads the standard variables. A malformed `OTEL_RESOURCE_ATTRIBUTES` is discarded
+    /// whole, as the specification asks, and the reason is returned as a warning.
+    pub fn from_env() -> (Resource, Option<String>) {
+        let service = std::env::var("OTEL_SERVICE_NAME").ok();
+        let listed = std::env::var("OTEL_RESOURCE_ATTRIBUTES").ok();
+        Resource::from_values(service.as_deref(), listed.as_deref())
+    }
+
+    /// [`Resource::from_env`] with the variables' values given.
+    pub fn from_values(
+        service_name: Option<&str>,
+        resource_attributes: Option<&str>,
+    ) -> (Resource, Option<String>) {
+        let (mut listed, warning) = match resource_attributes.map(parse_resource_attributes) {
+            None => (Vec::new(), None),
+            Some(Ok(list)) => (list, None),
+            Some(Err(why)) => (
+                Vec::new(),
+                Some(format!("ignoring OTEL_RESOURCE_ATTRIBUTES: {why}")),
+            ),
+        };
+        let from_list = listed
+            .iter()
+            .position(|(k, _)| k == "service.name")
+            .map(|i| listed.remove(i).1);
+        let service = service_name
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .or(from_list)
+            .unwrap_or_else(|| "pgc".to_string());
+        let mut attributes = vec![("service.name".to_string(), service)];
+        attributes.extend(listed);
+        (Resource { attributes }, warning)
+    }
+
+    /// The service name.
+    pub fn service_name(&self) -> &str {
+        &self.attributes[0].1
+    }
+
+    /// As the SDK's resource type.
+    pub fn to_sdk(&self) -> opentelemetry_sdk::Resource {
+        opentelemetry_sdk::Resource::builder_empty()
+            .with_attributes(
+                self.attributes
+                    .iter()
+                    .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
+            )
+            .build()
+    }
+}
+
+/// Parses `key1=value1,key2=value2` with percent-encoded keys and values (W3C Baggage
+/// octets). Empty members are skipped; a later key replaces an earlier one.
+fn parse_resource_attributes(s: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for member in s.split(',') {
+        if member.trim().is_empty() {
+            continue;
+        }
+        let (k, v) = member
+            .split_once('=')
+            .ok_or_else(|| format!("{member:?} is not key=value"))?;
+        let k = percent_decode(k.trim())?;
+        let v = percent_decode(v.trim())?;
+        if k.is_empty() {
+            return Err(format!("{member:?} has an empty key"));
+        }
+        out.retain(|(old, _)| *old != k);
+        out.push((k, v));
+    }
+    Ok(out)
+}
+
+fn percent_decode(s: &str) -> Result<String, String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| format!("{s:?} has a bad percent escape"))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| format!("{s:?} does not decode to UTF-8"))
+}
+
+/// The end a span is exported with: its own, or the read time while it still runs.
+fn export_end(span: &Span, now: DateTime<Utc>) -> DateTime<Utc> {
+    span.end.unwrap_or(now).max(span.start)
+}
+
+fn nanos(t: DateTime<Utc>) -> u64 {
+    // Times before 1970 or after 2554 cannot come from these rows' defaults; clamp.
+    t.timestamp_nanos_opt()
+        .and_then(|n| u64::try_from(n).ok())
+        .unwrap_or(0)
+}
+
+/// The attributes a span is exported with: its own, plus the execution's status on
+/// enqueue spans and a marker on spans still in progress.
+fn export_attributes(span: &Span) -> Vec<(&'static str, AttrValue)> {
+    let mut attrs = span.attributes.clone();
+    if span.kind == SpanKind::Producer {
+        attrs.push((
+            "pgconductor.execution.status",
+            AttrValue::Str(span.execution_status.clone()),
+        ));
+    }
+    if span.in_progress() {
+        attrs.push(("pgconductor.in_progress", AttrValue::Bool(true)));
+    }
+    attrs
+}
+
+fn kind_code(kind: SpanKind) -> u8 {
+    // opentelemetry.proto.trace.v1.Span.SpanKind
+    match kind {
+        SpanKind::Internal => 1,
+        SpanKind::Producer => 4,
+        SpanKind::Consumer => 5,
+    }
+}
+
+/// `SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK`, and `SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK` when
+/// the parent is a span from outside the database (the caller's).
+fn span_flags(span: &Span) -> u32 {
+    if span.parent_is_remote { 0x300 } else { 0x100 }
+}
+
+/// The trace as one OTLP/JSON `ExportTraceServiceRequest` (hex ids, integer enums,
+/// lowerCamelCase names, 64-bit integers as strings), ready for a collector's
+/// `/v1/traces`.
+pub fn otlp_json(trace: &Trace, resource: &Resource) -> Value {
+    let attr = |k: &str, v: &AttrValue| {
+        let value = match v {
+            AttrValue::Str(s) => json!({ "stringValue": s }),
+            AttrValue::Int(i) => json!({ "intValue": i.to_string() }),
+            AttrValue::Bool(b) => json!({ "boolValue": b }),
+        };
+        json!({ "key": k, "value": value })
+    };
+    let spans: Vec<Value> = trace
+        .spans
+        .iter()
+        .map(|s| {
+            let mut span = json!({
+                "traceId": trace.trace_id,
+                "spanId": s.span_id,
+                "name": s.name,
+                "kind": kind_code(s.kind),
+                "startTimeUnixNano": nanos(s.start).to_string(),
+                "endTimeUnixNano": nanos(export_end(s, trace.now)).to_string(),
+                "attributes": export_attributes(s).iter().map(|(k, v)| attr(k, v)).collect::<Vec<_>>(),
+                "flags": span_flags(s),
+                "status": match (s.status, &s.status_message) {
+                    (SpanStatus::Error, Some(m)) => json!({ "code": 2, "message": m }),
+                    (SpanStatus::Error, None) => json!({ "code": 2 }),
+                    (SpanStatus::Ok, _) => json!({ "code": 1 }),
+                    (SpanStatus::Unset, _) => json!({}),
+                },
+            });
+            if let Some(parent) = &s.parent_span_id {
+                span["parentSpanId"] = json!(parent);
+            }
+            if !s.links.is_empty() {
+                span["links"] = s
+                    .links
+                    .iter()
+                    .map(|l| json!({ "traceId": trace.trace_id, "spanId": l, "flags": 0x100 }))
+                    .collect();
+            }
+            span
+        })
+        .collect();
+    json!({
+        "resourceSpans": [{
+            "resource": {
+                "attributes": resource.attributes.iter()
+                    .map(|(k, v)| json!({ "key": k, "value": { "stringValue": v } }))
+                    .collect::<Vec<_>>(),
+            },
+            "scopeSpans": [{
+                "scope": { "name": "pgc", "version": env!("CARGO_PKG_VERSION") },
+                "spans": spans,
+            }],
+        }],
+    })
+}
+
+/// The trace as the SDK's span records, for its exporters (stdout, OTLP).
+pub fn span_data(trace: &Trace) -> Vec<SpanData> {
+    let trace_id = TraceId::from_hex(&trace.trace_id).unwrap_or(TraceId::INVALID);
+    let context = |span_id: &str| {
+        SpanContext::new(
+            trace_id,
+            SpanId::from_hex(span_id).unwrap_or(SpanId::INVALID),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::default(),
+        )
+    };
+    let scope = InstrumentationScope::builder("pgc")
+        .with_version(env!("CARGO_PKG_VERSION"))
+        .build();
+    trace
+        .spans
+        .iter()
+        .map(|s| {
+            let mut links = SpanLinks::default();
+            links.links = s
+                .links
+                .iter()
+                .map(|l| Link::with_context(context(l)))
+                .collect();
+            SpanData {
+                span_context: context(&s.span_id),
+                parent_span_id: s
+                    .parent_span_id
+                    .as_deref()
+                    .and_then(|p| SpanId::from_hex(p).ok())
+                    .unwrap_or(SpanId::INVALID),
+                parent_span_is_remote: s.parent_is_remote,
+                span_kind: match s.kind {
+                    SpanKind::Producer => OtelKind::Producer,
+                    SpanKind::Consumer => OtelKind::Consumer,
+                    SpanKind::Internal => OtelKind::Internal,
+                },
+                name: Cow::Owned(s.name.clone()),
+                start_time: SystemTime::from(s.start),
+                end_time: SystemTime::from(export_end(s, trace.now)),
+                attributes: export_attributes(s)
+                    .into_iter()
+                    .map(|(k, v)| {
+                        let value = match v {
+                            AttrValue::Str(s) => OtelValue::from(s),
+                            AttrValue::Int(i) => OtelValue::from(i),
+                            AttrValue::Bool(b) => OtelValue::from(b),
+                        };
+                        KeyValue::new(k, value)
+                    })
+                    .collect(),
+                dropped_attributes_count: 0,
+                events: SpanEvents::default(),
+                links,
+                status: match (s.status, &s.status_message) {
+                    (SpanStatus::Error, m) => Status::error(m.clone().unwrap_or_default()),
+                    (SpanStatus::Ok, _) => Status::Ok,
+                    (SpanStatus::Unset, _) => Status::Unset,
+                },
+                instrumentation_scope: scope.clone(),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_name_precedence() {
+        let (r, w) = Resource::from_values(Some("api"), Some("service.name=other,team=ops"));
+        assert_eq!(r.service_name(), "api");
+        assert_eq!(r.attributes[1], ("team".into(), "ops".into()));
+        assert!(w.is_none());
+        let (r, _) = Resource::from_values(None, Some("service.name=my%20svc"));
+        assert_eq!(r.service_name(), "my svc");
+        let (r, _) = Resource::from_values(Some("  "), None);
+        assert_eq!(r.service_name(), "pgc");
+    }
+
+    #[test]
+    fn malformed_resource_attributes_are_discarded_whole() {
+        let (r, w) = Resource::from_values(None, Some("service.name=a,broken,x=%zz"));
+        assert_eq!(r.attributes, vec![("service.name".into(), "pgc".into())]);
+        assert!(w.is_some_and(|w| w.contains("OTEL_RESOURCE_ATTRIBUTES")));
+        let (_, w) = Resource::from_values(None, Some("x=%e2%28"));
+        assert!(w.is_some(), "invalid UTF-8 after decoding is an error");
+    }
+}
