@@ -6,7 +6,8 @@
 #          of the trace, in one repeatable-read snapshot), output discarded;
 #   json:  pgc trace --trace-id T --format json > /dev/null;
 #   table: pgc trace --trace-id T > /dev/null (plain, 120 columns).
-# Both include starting the process and connecting. Prints the plans first.
+# Both include starting the process and connecting. Prints the plans first: the same
+# statements as src/sql.rs (TRACE_EXECUTIONS, TRACE_ATTEMPTS, TRACE_STEPS) with the bounds inlined.
 # Usage: bench/trace.sh [N] [OTHER] [RUNS]   (default 10000 200000 5)
 source "$(dirname "$0")/common.sh"
 N=${1:-10000}; OTHER=${2:-200000}; RUNS=${3:-5}
@@ -64,10 +65,11 @@ cols="e.id, e.queue, e.task_key, e.status, e.priority, e.attempts, e.max_attempt
       e.parent_execution_id, e.trace_context ->> 'traceparent', e.trace_context ->> 'tracestate',
       e.parent_span_id, e.created_at, e.started_at, e.attempt_span_id, e.finished_at, e.last_error"
 q_exec="select $cols from pgconductor._private_executions e where $range"
+ids="array(select e.id from pgconductor._private_executions e where $range)"
 q_att="select a.execution_id, a.attempt, a.span_id, a.started_at, a.finished_at, a.outcome, a.error
-       from pgconductor._private_executions e join pgconductor._private_attempts a on a.execution_id = e.id where $range"
+       from pgconductor._private_attempts a where a.execution_id = any($ids)"
 q_steps="select s.execution_id, s.attempt, s.name, s.span_id, s.status, s.exit_code, s.started_at, s.finished_at
-         from pgconductor._private_executions e join pgconductor._private_steps s on s.execution_id = e.id where $range"
+         from pgconductor._private_steps s where s.execution_id = any($ids)"
 
 echo "== plans (N=$N in the trace, OTHER=$OTHER other executions)"
 for q in "$q_exec" "$q_att" "$q_steps"; do

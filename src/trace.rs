@@ -10,10 +10,12 @@
 
 mod otlp;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
 
-use chrono::{DateTime, SecondsFormat, Utc};
-use serde_json::{Map, Value, json};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
 use tokio_postgres::{Client, Row};
 use uuid::Uuid;
 
@@ -22,6 +24,37 @@ use crate::sql;
 use crate::traceparent::TraceParent;
 
 pub use otlp::{Resource, otlp_json, span_data};
+
+/// A small multiply-rotate hasher for the maps here, keyed by ids that are random
+/// already (SipHash's protection against chosen keys buys nothing for rows pgc reads
+/// itself, and it was the largest cost of rebuilding a big trace).
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+type FastSet<K> = HashSet<K, BuildHasherDefault<IdHasher>>;
 
 /// What to rebuild the trace from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,25 +122,36 @@ impl SpanStatus {
     }
 }
 
-/// An attribute value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AttrValue {
+/// An attribute value, borrowed from its span.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttrValue<'a> {
     /// A string.
-    Str(String),
+    Str(&'a str),
+    /// An id, written as a string.
+    Uuid(Uuid),
     /// An integer.
     Int(i64),
     /// A boolean.
     Bool(bool),
 }
 
-impl AttrValue {
-    fn to_json(&self) -> Value {
-        match self {
-            AttrValue::Str(s) => Value::from(s.as_str()),
-            AttrValue::Int(i) => Value::from(*i),
-            AttrValue::Bool(b) => Value::from(*b),
-        }
-    }
+/// The execution a span belongs to, shared by all its spans.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Execution {
+    /// Its id (the message id).
+    pub id: Uuid,
+    /// Its task.
+    pub task: String,
+    /// Its queue.
+    pub queue: String,
+    /// Its status: `pending`, `running`, `completed`, `failed` or `cancelled`.
+    pub status: String,
+    /// Its priority.
+    pub priority: i32,
+    /// Its attempt limit.
+    pub max_attempts: i32,
+    /// The execution whose attempt enqueued it.
+    pub parent_execution_id: Option<Uuid>,
 }
 
 /// One span rebuilt from the rows.
@@ -135,30 +179,82 @@ pub struct Span {
     pub status: SpanStatus,
     /// Why it failed (or was released).
     pub status_message: Option<String>,
-    /// pgc's word for how it ended: `enqueued`/`pending` (producer), `completed`,
-    /// `failed`, `timed_out`, `lost`, `released`, `cancelled`, `running` (attempts and
-    /// steps).
-    pub outcome: String,
+    /// pgc's word for how it ended: `enqueued`, `pending` or `cancelled` (producer: the
+    /// execution is still waiting, or was cancelled before it ran), `completed`,
+    /// `failed`, `timed_out`, `lost`, `released`, `cancelled`, `running` (attempts),
+    /// `completed` or `failed` (steps).
+    pub outcome: &'static str,
     /// The execution the span belongs to.
-    pub execution_id: Uuid,
-    /// That execution's status.
-    pub execution_status: String,
-    /// Its task.
-    pub task: String,
-    /// Its queue.
-    pub queue: String,
+    pub execution: Arc<Execution>,
     /// The attempt number (attempts and steps).
     pub attempt: Option<i32>,
+    /// A step's exit code.
+    pub exit_code: Option<i32>,
     /// Span ids of linked spans in the same trace (an attempt links to its enqueue).
     pub links: Vec<String>,
-    /// Attributes, following the messaging conventions and `pgconductor.*`.
-    pub attributes: Vec<(&'static str, AttrValue)>,
 }
 
 impl Span {
     /// Still running: an attempt or step without an end.
     pub fn in_progress(&self) -> bool {
         self.end.is_none()
+    }
+
+    /// The span's attributes: the messaging conventions (`messaging.*`) on enqueues and
+    /// attempts, and pgc's own under `pgconductor.*`.
+    pub fn attributes(&self) -> Vec<(&'static str, AttrValue<'_>)> {
+        let e = &*self.execution;
+        let mut a = Vec::with_capacity(12);
+        match self.kind {
+            SpanKind::Producer | SpanKind::Consumer => {
+                a.push(("messaging.system", AttrValue::Str("pgconductor")));
+                let operation = if self.kind == SpanKind::Producer {
+                    "send"
+                } else {
+                    "process"
+                };
+                a.push(("messaging.operation.type", AttrValue::Str(operation)));
+                a.push(("messaging.destination.name", AttrValue::Str(&e.queue)));
+                a.push(("messaging.message.id", AttrValue::Uuid(e.id)));
+            }
+            SpanKind::Internal => {
+                let step = self.name.strip_prefix("task.step:").unwrap_or(&self.name);
+                a.push(("pgconductor.step.name", AttrValue::Str(step)));
+            }
+        }
+        a.push(("pgconductor.task", AttrValue::Str(&e.task)));
+        a.push(("pgconductor.queue", AttrValue::Str(&e.queue)));
+        a.push(("pgconductor.execution_id", AttrValue::Uuid(e.id)));
+        if let (Some(parent), false) = (e.parent_execution_id, self.kind == SpanKind::Internal) {
+            a.push(("pgconductor.parent_execution_id", AttrValue::Uuid(parent)));
+        }
+        match self.kind {
+            SpanKind::Producer => {
+                a.push(("pgconductor.priority", AttrValue::Int(e.priority.into())));
+                a.push((
+                    "pgconductor.max_attempts",
+                    AttrValue::Int(e.max_attempts.into()),
+                ));
+            }
+            SpanKind::Consumer => {
+                if let Some(n) = self.attempt {
+                    a.push(("pgconductor.attempt", AttrValue::Int(n.into())));
+                }
+                a.push(("pgconductor.attempt.outcome", AttrValue::Str(self.outcome)));
+            }
+            SpanKind::Internal => {
+                if let Some(n) = self.attempt {
+                    a.push(("pgconductor.attempt", AttrValue::Int(n.into())));
+                }
+                if let Some(code) = self.exit_code {
+                    a.push(("pgconductor.step.exit_code", AttrValue::Int(code.into())));
+                }
+            }
+        }
+        if self.status == SpanStatus::Error {
+            a.push(("error.type", AttrValue::Str(self.outcome)));
+        }
+        a
     }
 }
 
@@ -369,12 +465,16 @@ async fn read_rows(client: &Client, lookup: &Lookup) -> Result<Rows> {
         }
     };
     let (low, high) = sql::trace_id_range(&trace_id);
-    let execs = client.query(sql::TRACE_EXECUTIONS, &[&low, &high]).await?;
+    // Pipelined: the server runs the next statement while this side decodes rows.
+    let range: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&low, &high];
+    let (execs, attempts, steps) = tokio::try_join!(
+        client.query(sql::TRACE_EXECUTIONS, &range),
+        client.query(sql::TRACE_ATTEMPTS, &range),
+        client.query(sql::TRACE_STEPS, &range),
+    )?;
     if execs.is_empty() {
         return Err(Error::TraceNotFound(trace_id));
     }
-    let attempts = client.query(sql::TRACE_ATTEMPTS, &[&low, &high]).await?;
-    let steps = client.query(sql::TRACE_STEPS, &[&low, &high]).await?;
     Ok((
         trace_id,
         requested,
@@ -404,31 +504,6 @@ fn stand_in_span_id(id: Uuid) -> String {
     id.simple().to_string()[16..].to_string()
 }
 
-fn base_attributes(exec: &ExecRow, operation: &'static str) -> Vec<(&'static str, AttrValue)> {
-    let mut attrs = vec![
-        ("messaging.system", AttrValue::Str("pgconductor".into())),
-        ("messaging.operation.type", AttrValue::Str(operation.into())),
-        (
-            "messaging.destination.name",
-            AttrValue::Str(exec.queue.clone()),
-        ),
-        ("messaging.message.id", AttrValue::Str(exec.id.to_string())),
-        ("pgconductor.task", AttrValue::Str(exec.task.clone())),
-        ("pgconductor.queue", AttrValue::Str(exec.queue.clone())),
-        (
-            "pgconductor.execution_id",
-            AttrValue::Str(exec.id.to_string()),
-        ),
-    ];
-    if let Some(parent) = exec.parent_execution_id {
-        attrs.push((
-            "pgconductor.parent_execution_id",
-            AttrValue::Str(parent.to_string()),
-        ));
-    }
-    attrs
-}
-
 /// Builds the spans of every execution, then the tree.
 fn build(
     trace_id: String,
@@ -440,11 +515,11 @@ fn build(
     warnings: &mut Vec<String>,
 ) -> Trace {
     execs.sort_by_key(|e| (e.created_at, e.id));
-    let mut history: HashMap<Uuid, Vec<AttemptRow>> = HashMap::new();
+    let mut history: FastMap<Uuid, Vec<AttemptRow>> = FastMap::default();
     for a in attempts {
         history.entry(a.execution_id).or_default().push(a);
     }
-    let mut step_rows: HashMap<Uuid, Vec<StepRow>> = HashMap::new();
+    let mut step_rows: FastMap<Uuid, Vec<StepRow>> = FastMap::default();
     for s in steps {
         step_rows.entry(s.execution_id).or_default().push(s);
     }
@@ -467,18 +542,36 @@ fn build(
                 (stand_in_span_id(exec.id), false)
             }
         };
+        let execution = Arc::new(Execution {
+            id: exec.id,
+            task: exec.task.clone(),
+            queue: exec.queue.clone(),
+            status: exec.status.clone(),
+            priority: exec.priority,
+            max_attempts: exec.max_attempts,
+            parent_execution_id: exec.parent_execution_id,
+        });
         let mut attempts = history.remove(&exec.id).unwrap_or_default();
         attempts.sort_by_key(|a| (a.started_at, a.attempt));
         let consumers_from = spans.len() + 1;
-        spans.push(producer_span(exec, &producer_id, readable, &attempts, now));
+        spans.push(producer_span(
+            exec,
+            &execution,
+            &producer_id,
+            readable,
+            &attempts,
+            now,
+        ));
         let mut waiting_since = exec.created_at;
         for a in &attempts {
-            let (status, message) = match a.outcome.as_str() {
-                "released" => (SpanStatus::Unset, a.error.clone()),
-                _ => (SpanStatus::Error, a.error.clone()),
+            let (status, outcome) = match a.outcome.as_str() {
+                "released" => (SpanStatus::Unset, "released"),
+                "timed_out" => (SpanStatus::Error, "timed_out"),
+                "lost" => (SpanStatus::Error, "lost"),
+                _ => (SpanStatus::Error, "failed"),
             };
             spans.push(consumer_span(
-                exec,
+                &execution,
                 &producer_id,
                 ConsumerParts {
                     span_id: a.span_id.clone(),
@@ -487,8 +580,8 @@ fn build(
                     end: Some(a.finished_at.unwrap_or(a.started_at)),
                     waiting_since,
                     status,
-                    message,
-                    outcome: a.outcome.clone(),
+                    message: a.error.clone(),
+                    outcome,
                 },
             ));
             waiting_since = a.finished_at.unwrap_or(a.started_at);
@@ -511,7 +604,7 @@ fn build(
                 _ => (SpanStatus::Unset, None, "running", None),
             };
             spans.push(consumer_span(
-                exec,
+                &execution,
                 &producer_id,
                 ConsumerParts {
                     span_id: span_id.clone(),
@@ -521,7 +614,7 @@ fn build(
                     waiting_since,
                     status,
                     message,
-                    outcome: outcome.into(),
+                    outcome,
                 },
             ));
         }
@@ -547,7 +640,7 @@ fn build(
                     },
                     |c| c.span_id.clone(),
                 );
-            spans.push(step_span(exec, parent, s));
+            spans.push(step_span(&execution, parent, s));
         }
     }
     let (spans, nodes) = tree(spans, warnings);
@@ -564,17 +657,12 @@ fn build(
 
 fn producer_span(
     exec: &ExecRow,
+    execution: &Arc<Execution>,
     span_id: &str,
     readable: bool,
     attempts: &[AttemptRow],
     now: DateTime<Utc>,
 ) -> Span {
-    let mut attributes = base_attributes(exec, "send");
-    attributes.push(("pgconductor.priority", AttrValue::Int(exec.priority.into())));
-    attributes.push((
-        "pgconductor.max_attempts",
-        AttrValue::Int(exec.max_attempts.into()),
-    ));
     // Pending and not running: waiting since it was enqueued or since its last attempt.
     let waiting_since = (exec.status == "pending" && exec.attempt_span_id.is_none()).then(|| {
         attempts
@@ -584,6 +672,13 @@ fn producer_span(
             .unwrap_or(exec.created_at)
             .min(now)
     });
+    let outcome = if waiting_since.is_some() {
+        "pending"
+    } else if exec.status == "cancelled" && exec.attempt_span_id.is_none() {
+        "cancelled"
+    } else {
+        "enqueued"
+    };
     Span {
         span_id: span_id.to_string(),
         // A stand-in span has no known parent: it is a root.
@@ -600,18 +695,11 @@ fn producer_span(
         waiting_since,
         status: SpanStatus::Unset,
         status_message: None,
-        outcome: if waiting_since.is_some() {
-            "pending".into()
-        } else {
-            "enqueued".into()
-        },
-        execution_id: exec.id,
-        execution_status: exec.status.clone(),
-        task: exec.task.clone(),
-        queue: exec.queue.clone(),
+        outcome,
+        execution: Arc::clone(execution),
         attempt: None,
+        exit_code: None,
         links: Vec::new(),
-        attributes,
     }
 }
 
@@ -623,24 +711,15 @@ struct ConsumerParts {
     waiting_since: DateTime<Utc>,
     status: SpanStatus,
     message: Option<String>,
-    outcome: String,
+    outcome: &'static str,
 }
 
-fn consumer_span(exec: &ExecRow, producer_id: &str, p: ConsumerParts) -> Span {
-    let mut attributes = base_attributes(exec, "process");
-    attributes.push(("pgconductor.attempt", AttrValue::Int(p.attempt.into())));
-    attributes.push((
-        "pgconductor.attempt.outcome",
-        AttrValue::Str(p.outcome.clone()),
-    ));
-    if p.status == SpanStatus::Error {
-        attributes.push(("error.type", AttrValue::Str(p.outcome.clone())));
-    }
+fn consumer_span(execution: &Arc<Execution>, producer_id: &str, p: ConsumerParts) -> Span {
     Span {
         span_id: p.span_id,
         parent_span_id: Some(producer_id.to_string()),
         parent_is_remote: false,
-        name: format!("task:{}", exec.task),
+        name: format!("task:{}", execution.task),
         kind: SpanKind::Consumer,
         start: p.start,
         end: p.end,
@@ -648,39 +727,22 @@ fn consumer_span(exec: &ExecRow, producer_id: &str, p: ConsumerParts) -> Span {
         status: p.status,
         status_message: p.message,
         outcome: p.outcome,
-        execution_id: exec.id,
-        execution_status: exec.status.clone(),
-        task: exec.task.clone(),
-        queue: exec.queue.clone(),
+        execution: Arc::clone(execution),
         attempt: Some(p.attempt),
+        exit_code: None,
         links: vec![producer_id.to_string()],
-        attributes,
     }
 }
 
-fn step_span(exec: &ExecRow, parent: String, s: StepRow) -> Span {
-    let mut attributes = vec![
-        ("pgconductor.step.name", AttrValue::Str(s.name.clone())),
-        ("pgconductor.task", AttrValue::Str(exec.task.clone())),
-        ("pgconductor.queue", AttrValue::Str(exec.queue.clone())),
-        (
-            "pgconductor.execution_id",
-            AttrValue::Str(exec.id.to_string()),
-        ),
-        ("pgconductor.attempt", AttrValue::Int(s.attempt.into())),
-    ];
-    if let Some(code) = s.exit_code {
-        attributes.push(("pgconductor.step.exit_code", AttrValue::Int(code.into())));
-    }
-    let (status, message) = if s.status == "completed" {
-        (SpanStatus::Ok, None)
+fn step_span(execution: &Arc<Execution>, parent: String, s: StepRow) -> Span {
+    let (status, message, outcome) = if s.status == "completed" {
+        (SpanStatus::Ok, None, "completed")
     } else {
         let why = match s.exit_code {
             Some(code) => format!("step failed with exit code {code}"),
             None => "step failed".to_string(),
         };
-        attributes.push(("error.type", AttrValue::Str("failed".into())));
-        (SpanStatus::Error, Some(why))
+        (SpanStatus::Error, Some(why), "failed")
     };
     Span {
         span_id: s.span_id,
@@ -693,14 +755,11 @@ fn step_span(exec: &ExecRow, parent: String, s: StepRow) -> Span {
         waiting_since: None,
         status,
         status_message: message,
-        outcome: s.status,
-        execution_id: exec.id,
-        execution_status: exec.status.clone(),
-        task: exec.task.clone(),
-        queue: exec.queue.clone(),
+        outcome,
+        execution: Arc::clone(execution),
         attempt: Some(s.attempt),
+        exit_code: s.exit_code,
         links: Vec::new(),
-        attributes,
     }
 }
 
@@ -709,8 +768,7 @@ fn step_span(exec: &ExecRow, parent: String, s: StepRow) -> Span {
 /// spans caught in a parent cycle (only possible in hand-edited rows) become roots.
 fn tree(mut spans: Vec<Span>, warnings: &mut Vec<String>) -> (Vec<Span>, Vec<Node>) {
     let remote_parent: Vec<bool> = {
-        let ids: std::collections::HashSet<&str> =
-            spans.iter().map(|s| s.span_id.as_str()).collect();
+        let ids: FastSet<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
         spans
             .iter()
             .map(|s| {
@@ -723,7 +781,8 @@ fn tree(mut spans: Vec<Span>, warnings: &mut Vec<String>) -> (Vec<Span>, Vec<Nod
     for (s, remote) in spans.iter_mut().zip(remote_parent) {
         s.parent_is_remote = remote;
     }
-    let mut index: HashMap<&str, usize> = HashMap::with_capacity(spans.len());
+    let mut index: FastMap<&str, usize> =
+        FastMap::with_capacity_and_hasher(spans.len(), Default::default());
     for (i, s) in spans.iter().enumerate() {
         if index.insert(s.span_id.as_str(), i).is_some() {
             warnings.push(format!(
@@ -733,8 +792,8 @@ fn tree(mut spans: Vec<Span>, warnings: &mut Vec<String>) -> (Vec<Span>, Vec<Nod
         }
     }
     let key = |i: &usize| (spans[*i].start, spans[*i].kind, *i);
-    let mut children: HashMap<usize, Vec<usize>> = HashMap::new();
-    let mut remote: HashMap<&str, Vec<usize>> = HashMap::new();
+    let mut children: FastMap<usize, Vec<usize>> = FastMap::default();
+    let mut remote: FastMap<&str, Vec<usize>> = FastMap::default();
     let mut roots: Vec<usize> = Vec::new();
     for (i, s) in spans.iter().enumerate() {
         match s.parent_span_id.as_deref() {
@@ -768,7 +827,7 @@ fn tree(mut spans: Vec<Span>, warnings: &mut Vec<String>) -> (Vec<Span>, Vec<Nod
     fn walk(
         start: usize,
         guides: Vec<bool>,
-        children: &HashMap<usize, Vec<usize>>,
+        children: &FastMap<usize, Vec<usize>>,
         seen: &mut [bool],
         out: &mut Raw,
     ) {
@@ -838,18 +897,13 @@ fn tree(mut spans: Vec<Span>, warnings: &mut Vec<String>) -> (Vec<Span>, Vec<Nod
     (ordered, nodes)
 }
 
-/// Times as the JSON documents write them: RFC 3339, UTC, microseconds.
-pub fn rfc3339(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Micros, true)
-}
-
 impl Trace {
     /// The overall status: `failed` when any execution failed, else `running`,
     /// `pending`, `cancelled`, and `completed` when every execution completed.
     pub fn status(&self) -> &'static str {
         let mut has = [false; 4];
         for s in self.spans.iter().filter(|s| s.kind == SpanKind::Producer) {
-            match s.execution_status.as_str() {
+            match s.execution.status.as_str() {
                 "failed" => has[0] = true,
                 "running" => has[1] = true,
                 "pending" => has[2] = true,
@@ -876,59 +930,158 @@ impl Trace {
     pub fn end(&self) -> Option<DateTime<Utc>> {
         self.spans
             .iter()
-            .map(|s| match (s.end, s.kind, s.outcome.as_str()) {
+            .map(|s| match (s.end, s.kind, s.outcome) {
                 (None, _, _) | (_, SpanKind::Producer, "pending") => self.now,
                 (Some(e), _, _) => e,
             })
             .max()
     }
 
-    /// The JSON document of `pgc trace --format json`.
-    pub fn to_json(&self) -> Value {
-        let spans: Vec<Value> = self
-            .spans
-            .iter()
-            .map(|s| {
-                let attributes: Map<String, Value> = s
-                    .attributes
-                    .iter()
-                    .map(|(k, v)| ((*k).to_string(), v.to_json()))
-                    .collect();
-                json!({
-                    "span_id": s.span_id,
-                    "parent_span_id": s.parent_span_id,
-                    "name": s.name,
-                    "kind": s.kind.as_str(),
-                    "start_time": rfc3339(s.start),
-                    "end_time": s.end.map(rfc3339),
-                    "status": s.status.as_str(),
-                    "status_message": s.status_message,
-                    "execution_id": s.execution_id,
-                    "execution_status": s.execution_status,
-                    "task": s.task,
-                    "queue": s.queue,
-                    "attempt": s.attempt,
-                    "outcome": s.outcome,
-                    "in_progress": s.in_progress(),
-                    "waiting_since": s.waiting_since.map(rfc3339),
-                    "links": s.links.iter().map(|l| json!({"trace_id": self.trace_id, "span_id": l})).collect::<Vec<_>>(),
-                    "attributes": attributes,
+    /// The JSON document of `pgc trace --format json`, ready for serde.
+    pub fn document(&self) -> TraceDocument<'_> {
+        TraceDocument {
+            trace_id: &self.trace_id,
+            requested_execution_id: self.requested,
+            status: self.status(),
+            start_time: self.start().map(Rfc3339),
+            end_time: self.end().map(Rfc3339),
+            executions: self.executions,
+            remote_parents: self
+                .nodes
+                .iter()
+                .filter_map(|n| match &n.what {
+                    NodeRef::Remote(id) => Some(id.as_str()),
+                    NodeRef::Span(_) => None,
                 })
-            })
-            .collect();
-        json!({
-            "trace_id": self.trace_id,
-            "requested_execution_id": self.requested,
-            "status": self.status(),
-            "start_time": self.start().map(rfc3339),
-            "end_time": self.end().map(rfc3339),
-            "executions": self.executions,
-            "remote_parents": self.nodes.iter().filter_map(|n| match &n.what {
-                NodeRef::Remote(id) => Some(id.clone()),
-                NodeRef::Span(_) => None,
-            }).collect::<Vec<_>>(),
-            "spans": spans,
-            "warnings": self.warnings,
-        })
+                .collect(),
+            spans: SpanList(self),
+            warnings: &self.warnings,
+        }
+    }
+}
+
+/// A time written as RFC 3339 (UTC, microseconds) when serialized.
+#[derive(Debug, Clone, Copy)]
+pub struct Rfc3339(pub DateTime<Utc>);
+
+impl Serialize for Rfc3339 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use chrono::{Datelike, Timelike};
+        let t = self.0;
+        let mut buf = String::with_capacity(27);
+        let _ = std::fmt::Write::write_fmt(
+            &mut buf,
+            format_args!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+                t.year(),
+                t.month(),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second(),
+                t.nanosecond() % 1_000_000_000 / 1_000
+            ),
+        );
+        s.serialize_str(&buf)
+    }
+}
+
+/// The document `pgc trace --format json` prints (see the README for its fields).
+#[derive(Debug, Serialize)]
+pub struct TraceDocument<'a> {
+    trace_id: &'a str,
+    requested_execution_id: Option<Uuid>,
+    status: &'static str,
+    start_time: Option<Rfc3339>,
+    end_time: Option<Rfc3339>,
+    executions: usize,
+    remote_parents: Vec<&'a str>,
+    spans: SpanList<'a>,
+    warnings: &'a [String],
+}
+
+/// The spans of a document, serialized one by one without building them first.
+#[derive(Debug)]
+struct SpanList<'a>(&'a Trace);
+
+impl Serialize for SpanList<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.spans.iter().map(|span| {
+            SpanDocument {
+                span_id: &span.span_id,
+                parent_span_id: span.parent_span_id.as_deref(),
+                name: &span.name,
+                kind: span.kind.as_str(),
+                start_time: Rfc3339(span.start),
+                end_time: span.end.map(Rfc3339),
+                status: span.status.as_str(),
+                status_message: span.status_message.as_deref(),
+                execution_id: span.execution.id,
+                execution_status: &span.execution.status,
+                task: &span.execution.task,
+                queue: &span.execution.queue,
+                attempt: span.attempt,
+                outcome: span.outcome,
+                in_progress: span.in_progress(),
+                waiting_since: span.waiting_since.map(Rfc3339),
+                links: span
+                    .links
+                    .iter()
+                    .map(|l| LinkDocument {
+                        trace_id: &self.0.trace_id,
+                        span_id: l,
+                    })
+                    .collect(),
+                attributes: Attributes(span.attributes()),
+            }
+        }))
+    }
+}
+
+#[derive(Serialize)]
+struct SpanDocument<'a> {
+    span_id: &'a str,
+    parent_span_id: Option<&'a str>,
+    name: &'a str,
+    kind: &'static str,
+    start_time: Rfc3339,
+    end_time: Option<Rfc3339>,
+    status: &'static str,
+    status_message: Option<&'a str>,
+    execution_id: Uuid,
+    execution_status: &'a str,
+    task: &'a str,
+    queue: &'a str,
+    attempt: Option<i32>,
+    outcome: &'a str,
+    in_progress: bool,
+    waiting_since: Option<Rfc3339>,
+    links: Vec<LinkDocument<'a>>,
+    attributes: Attributes<'a>,
+}
+
+#[derive(Serialize)]
+struct LinkDocument<'a> {
+    trace_id: &'a str,
+    span_id: &'a str,
+}
+
+/// Attributes as a JSON object, in their order.
+struct Attributes<'a>(Vec<(&'static str, AttrValue<'a>)>);
+
+impl Serialize for Attributes<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(k, v)| (*k, v)))
+    }
+}
+
+impl Serialize for AttrValue<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            AttrValue::Str(v) => s.serialize_str(v),
+            AttrValue::Uuid(v) => s.collect_str(v),
+            AttrValue::Int(v) => s.serialize_i64(*v),
+            AttrValue::Bool(v) => s.serialize_bool(*v),
+        }
     }
 }

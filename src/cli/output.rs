@@ -18,6 +18,26 @@ pub fn write_stdout(text: &str) -> anyhow::Result<()> {
     }
 }
 
+/// Writes `value` as JSON (pretty or on one line) and a newline to stdout, streaming
+/// through a buffer rather than building the whole text first.
+pub fn write_stdout_json<T: serde::Serialize>(value: &T, pretty: bool) -> anyhow::Result<()> {
+    let mut out = io::BufWriter::with_capacity(1 << 16, io::stdout().lock());
+    let written = if pretty {
+        serde_json::to_writer_pretty(&mut out, value)
+    } else {
+        serde_json::to_writer(&mut out, value)
+    };
+    match written
+        .map_err(io::Error::from)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush())
+    {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Err(StdoutClosed.into()),
+        Err(e) => Err(anyhow::Error::new(e).context("writing to stdout")),
+        Ok(()) => Ok(()),
+    }
+}
+
 /// Prints `pgc: warning: …` on stderr.
 pub fn warn(text: &str) {
     eprintln!("pgc: warning: {text}");

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use opentelemetry_sdk::trace::SpanExporter as _;
 use uuid::Uuid;
 
-use super::output::{StdoutClosed, fancy, info, warn, write_stdout};
+use super::output::{StdoutClosed, fancy, info, warn, write_stdout, write_stdout_json};
 use super::{GlobalArgs, connect, parse_execution_id};
 use crate::migrate;
 use crate::trace::{self, Lookup, NodeRef, Resource, Span, SpanKind, SpanStatus, Trace};
@@ -91,16 +91,8 @@ pub async fn run(global: &GlobalArgs, args: TraceArgs) -> Result<ExitCode> {
     }
     match format {
         Some(Format::Table) => write_stdout(&render_table(&trace, &TableStyle::detect()))?,
-        Some(Format::Json) => {
-            let mut text = serde_json::to_string_pretty(&trace.to_json())?;
-            text.push('\n');
-            write_stdout(&text)?;
-        }
-        Some(Format::OtlpJson) => {
-            let mut text = serde_json::to_string(&trace::otlp_json(&trace, &resource))?;
-            text.push('\n');
-            write_stdout(&text)?;
-        }
+        Some(Format::Json) => write_stdout_json(&trace.document(), true)?,
+        Some(Format::OtlpJson) => write_stdout_json(&trace::otlp_json(&trace, &resource), false)?,
         Some(Format::Stdout) => print_with_stdout_exporter(&trace, &resource).await?,
         None => {}
     }
@@ -276,7 +268,7 @@ const PLAIN: Glyphs = Glyphs {
 
 /// The status column: a glyph (fancy) or a short word (plain), and its colour.
 fn status_cell(span: &Span, fancy: bool) -> (&'static str, &'static str) {
-    let (glyph, word, colour) = match span.outcome.as_str() {
+    let (glyph, word, colour) = match span.outcome {
         "completed" => ("✓", "ok", "32"),
         "failed" | "timed_out" | "lost" => ("✗", "err", "31"),
         "running" => ("●", "run", "33"),
@@ -339,7 +331,7 @@ pub fn render_table(trace: &Trace, style: &TableStyle) -> String {
             Some(NodeRef::Remote(id)) => format!("remote parent {id} (not in the database)"),
             Some(NodeRef::Span(i)) => {
                 let s = &trace.spans[*i];
-                format!("{} {} ({})", s.name, s.task, s.execution_id)
+                format!("{} {} ({})", s.name, s.execution.task, s.execution.id)
             }
             None => "none".to_string(),
         },
@@ -373,14 +365,14 @@ pub fn render_table(trace: &Trace, style: &TableStyle) -> String {
     let task_w = trace
         .spans
         .iter()
-        .map(|s| s.task.chars().count())
+        .map(|s| s.execution.task.chars().count())
         .max()
         .unwrap_or(4)
         .clamp(4, 24);
     let queue_w = trace
         .spans
         .iter()
-        .map(|s| s.queue.chars().count())
+        .map(|s| s.execution.queue.chars().count())
         .max()
         .unwrap_or(5)
         .clamp(5, 16);
@@ -431,7 +423,7 @@ pub fn render_table(trace: &Trace, style: &TableStyle) -> String {
             }
             NodeRef::Span(i) => &trace.spans[*i],
         };
-        let marker = if trace.requested == Some(span.execution_id) {
+        let marker = if trace.requested == Some(span.execution.id) {
             g.marker
         } else {
             " "
@@ -493,8 +485,8 @@ pub fn render_table(trace: &Trace, style: &TableStyle) -> String {
             "{} {}  {}  {}  {}  {:>3}  {:>8}  {:>8}  {}",
             marker,
             pad(&name, name_w),
-            pad(&truncate(&span.task, task_w), task_w),
-            pad(&truncate(&span.queue, queue_w), queue_w),
+            pad(&truncate(&span.execution.task, task_w), task_w),
+            pad(&truncate(&span.execution.queue, queue_w), queue_w),
             colour(&pad(st, status_w), st_colour),
             attempt,
             start,

@@ -135,12 +135,12 @@ fn nanos(t: DateTime<Utc>) -> u64 {
 
 /// The attributes a span is exported with: its own, plus the execution's status on
 /// enqueue spans and a marker on spans still in progress.
-fn export_attributes(span: &Span) -> Vec<(&'static str, AttrValue)> {
-    let mut attrs = span.attributes.clone();
+fn export_attributes(span: &Span) -> Vec<(&'static str, AttrValue<'_>)> {
+    let mut attrs = span.attributes();
     if span.kind == SpanKind::Producer {
         attrs.push((
             "pgconductor.execution.status",
-            AttrValue::Str(span.execution_status.clone()),
+            AttrValue::Str(&span.execution.status),
         ));
     }
     if span.in_progress() {
@@ -171,6 +171,7 @@ pub fn otlp_json(trace: &Trace, resource: &Resource) -> Value {
     let attr = |k: &str, v: &AttrValue| {
         let value = match v {
             AttrValue::Str(s) => json!({ "stringValue": s }),
+            AttrValue::Uuid(u) => json!({ "stringValue": u.to_string() }),
             AttrValue::Int(i) => json!({ "intValue": i.to_string() }),
             AttrValue::Bool(b) => json!({ "boolValue": b }),
         };
@@ -269,7 +270,8 @@ pub fn span_data(trace: &Trace) -> Vec<SpanData> {
                     .into_iter()
                     .map(|(k, v)| {
                         let value = match v {
-                            AttrValue::Str(s) => OtelValue::from(s),
+                            AttrValue::Str(s) => OtelValue::from(s.to_string()),
+                            AttrValue::Uuid(u) => OtelValue::from(u.to_string()),
                             AttrValue::Int(i) => OtelValue::from(i),
                             AttrValue::Bool(b) => OtelValue::from(b),
                         };

@@ -150,10 +150,11 @@ async fn a_workflow_run_by_a_real_worker_is_rebuilt_as_one_whole_trace() {
         .unwrap()
         .get(0);
 
-    let doc = json(&run(
+    let json_run = run(
         &mut db.pgc(),
         &["trace", &smoke.to_string(), "--format", "json"],
-    ));
+    );
+    let doc = json(&json_run);
     assert_eq!(doc["trace_id"], TRACE);
     assert_eq!(doc["requested_execution_id"], smoke.to_string());
     assert_eq!(doc["status"], "completed");
@@ -233,10 +234,7 @@ async fn a_workflow_run_by_a_real_worker_is_rebuilt_as_one_whole_trace() {
         assert_eq!(a["attributes"]["messaging.operation.type"], "process");
         assert_eq!(a["attributes"]["messaging.message.id"], smoke.to_string());
     }
-    snapshot(
-        "e2e.json",
-        &redact(&serde_json::to_string_pretty(&doc).unwrap()),
-    );
+    snapshot("e2e.json", &redact(&json_run.stdout));
 
     // The same trace from its id, and as a table: the tree and the error.
     let by_trace = json(&run(
@@ -322,11 +320,9 @@ async fn snapshots_of_a_fixed_trace_as_table_and_json() {
     assert_eq!(table.code, 0, "{}", table.stderr);
     assert_eq!(table.stderr, "");
     snapshot("fixture.table.txt", &table.stdout);
-    let doc = json(&run(&mut db.pgc(), &["trace", id, "--format", "json"]));
-    snapshot(
-        "fixture.json",
-        &format!("{}\n", serde_json::to_string_pretty(&doc).unwrap()),
-    );
+    let json_run = run(&mut db.pgc(), &["trace", id, "--format", "json"]);
+    let doc = json(&json_run);
+    snapshot("fixture.json", &json_run.stdout);
     // The released attempt and the final failure share attempt number 1; both show.
     let notify: Vec<&Value> = spans(&doc)
         .iter()
