@@ -457,7 +457,9 @@ pub async fn run(
     // Settles run in a task of their own, on a connection of their own (opened on first
     // use), so that claiming never waits for settling: PostgreSQL works on both at once.
     let (settle_tx, settle_rx) = tokio::sync::mpsc::unbounded_channel::<Done>();
-    let (settled_tx, mut settled_rx) = tokio::sync::mpsc::unbounded_channel::<usize>();
+    // Each settled batch: its size, and how soon the earliest retry in it is due.
+    let (settled_tx, mut settled_rx) =
+        tokio::sync::mpsc::unbounded_channel::<(usize, Option<Duration>)>();
     let settler = tokio::spawn(settler(
         Db::new(conn.clone(), None),
         worker_id,
@@ -496,6 +498,8 @@ pub async fn run(
     let mut local: std::collections::VecDeque<(Key, tokio_postgres::Row)> =
         std::collections::VecDeque::new();
     let mut want_claim = true;
+    // When a retry this worker scheduled falls due.
+    let mut retry_wake: Option<tokio::time::Instant> = None;
     // Size of the claim the claimer is working on (0: none).
     let mut claiming = 0usize;
     // Reasons to claim seen so far (enqueue notifications, polls, …), and how many had
@@ -646,8 +650,20 @@ pub async fn run(
                     Err(()) => want_claim = true,
                 }
             }
-            Some(n) = settled_rx.recv() => {
+            Some((n, next_retry)) = settled_rx.recv() => {
                 unsettled = unsettled.saturating_sub(n);
+                // Claim again when the earliest retry is due, rather than at the next
+                // poll (a moment later, so that the server's clock has passed it too).
+                if let Some(d) = next_retry {
+                    let at = tokio::time::Instant::now() + d + RETRY_WAKE_MARGIN;
+                    retry_wake = Some(retry_wake.map_or(at, |w| w.min(at)));
+                }
+            }
+            () = async { if let Some(w) = retry_wake { tokio::time::sleep_until(w).await } },
+                if retry_wake.is_some() => {
+                retry_wake = None;
+                want_claim = true;
+                wakes += 1;
             }
             Some(done) = joins.join_next_with_id(), if !joins.is_empty() => {
                 let mut collect = |r: std::result::Result<(tokio::task::Id, Done), tokio::task::JoinError>| {
@@ -850,7 +866,7 @@ async fn settler(
     worker_id: Uuid,
     opts: WorkerOptions,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<Done>,
-    settled: tokio::sync::mpsc::UnboundedSender<usize>,
+    settled: tokio::sync::mpsc::UnboundedSender<(usize, Option<Duration>)>,
     events: EventSink,
 ) -> Report {
     const MAX_BATCH: usize = 2000;
@@ -881,8 +897,8 @@ async fn settler(
             ))
             .await
             {
-                Ok(()) => {
-                    let _ = settled.send(n);
+                Ok(next_retry) => {
+                    let _ = settled.send((n, next_retry));
                 }
                 Err(e) => db.fail(&events, e.to_string()),
             }
@@ -1000,8 +1016,12 @@ fn attempt_context(
     (tp.to_string(), tracestate)
 }
 
+/// How long after a retry's due time the worker claims it.
+const RETRY_WAKE_MARGIN: Duration = Duration::from_millis(5);
+
 /// Settles every finished attempt in `buf`: at most three statements (completed, failed,
 /// released). On error the buffer is kept for the next try; fencing makes a repeat safe.
+/// Returns how soon the earliest retry or release it scheduled is due.
 async fn settle_all(
     session: &mut Session<'_>,
     worker_id: Uuid,
@@ -1009,7 +1029,8 @@ async fn settle_all(
     buf: &mut Vec<Done>,
     report: &mut Report,
     events: &EventSink,
-) -> std::result::Result<(), tokio_postgres::Error> {
+) -> std::result::Result<Option<Duration>, tokio_postgres::Error> {
+    let mut next_retry: Option<Duration> = None;
     let mut complete = (Vec::new(), Vec::new(), Vec::new());
     let mut cancelled = (Vec::new(), Vec::new());
     let mut fail: FailBatch = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -1109,7 +1130,8 @@ async fn settle_all(
             }
             let retry_in = (status == "pending")
                 .then(|| Duration::from_secs_f64(fail.4.get(pos).copied().unwrap_or(0.0)));
-            if retry_in.is_some() {
+            if let Some(d) = retry_in {
+                next_retry = Some(next_retry.map_or(d, |n| n.min(d)));
                 report.retried += 1;
             } else {
                 report.failed.push(FailedExecution {
@@ -1149,6 +1171,10 @@ async fn settle_all(
                 continue;
             }
             report.released += 1;
+            if let Some(pos) = release.0.iter().position(|x| *x == id) {
+                let d = Duration::from_secs_f64(release.3.get(pos).copied().unwrap_or(0.0));
+                next_retry = Some(next_retry.map_or(d, |n| n.min(d)));
+            }
             if let Some(d) = by_id.get(&id) {
                 let reason = match &d.outcome {
                     Outcome::TempFail(r) => r.clone(),
@@ -1195,7 +1221,7 @@ async fn settle_all(
         });
     }
     buf.clear();
-    Ok(())
+    Ok(next_retry)
 }
 
 /// Text PostgreSQL's `text` can hold: without NUL characters.

@@ -223,6 +223,44 @@ async fn exhausted_retries_finish_as_failed_and_until_empty_exits_1() {
 }
 
 #[tokio::test]
+async fn a_retry_runs_when_it_is_due_without_waiting_for_a_poll() {
+    let db = TestDb::migrated().await;
+    let id = enqueue(&db, &["flaky"]);
+    // Polling once an hour, and lease sweeps every five minutes: only the worker's own
+    // wake-up at the retry's due time can finish this drain (the test gives up after a
+    // minute).
+    let mut child = spawn_worker(
+        &db,
+        &[
+            "--until-empty",
+            "--retry-delay",
+            "50ms",
+            "--poll-interval",
+            "1h",
+            "--lease",
+            "10m",
+            "--handler",
+            r#"flaky=[ "$PGC_ATTEMPT" -ge 2 ] || exit 1"#,
+        ],
+    );
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("the retry did not run within a minute: it waited for the hourly poll");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success());
+    let r = row(&db, id).await;
+    assert_eq!(r.status, "completed");
+    assert_eq!(r.attempts, 2);
+}
+
+#[tokio::test]
 async fn a_handler_past_its_timeout_is_stopped_and_the_attempt_fails() {
     let db = TestDb::migrated().await;
     let id = enqueue(&db, &["slow", "--max-attempts", "1"]);
