@@ -379,7 +379,7 @@ pub fn render_table(trace: &Trace, style: &TableStyle) -> String {
     let status_w = if style.fancy { 2 } else { 4 };
     // marker, name, task, queue, status, attempt, start, duration, then the bar.
     let fixed = 2 + 2 + task_w + 2 + queue_w + 2 + status_w + 2 + 3 + 2 + 8 + 2 + 8 + 2;
-    let name_w = name_w.min(style.width.saturating_sub(fixed + 20)).max(12);
+    let name_w = name_w.min(style.width.saturating_sub(fixed + 12)).max(12);
     let bar_w = style.width.saturating_sub(fixed + name_w).max(10);
 
     let _ = writeln!(
