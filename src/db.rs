@@ -39,6 +39,8 @@ mod pgpass;
 mod resolve;
 mod tls;
 
+pub use tls::{https_client_config, no_roots_client_config};
+
 use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;

@@ -145,10 +145,24 @@ const EXPORT_BATCH: usize = 512;
 
 /// Sends the spans to the OTLP/HTTP endpoint the standard variables name.
 async fn export_otlp(trace: &Trace, resource: &Resource) -> Result<()> {
-    use opentelemetry_otlp::{Protocol, WithExportConfig};
+    use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
     let endpoint = otlp_endpoint_for_display();
+    let tls = if endpoint.to_ascii_lowercase().starts_with("https://") {
+        let ca = otlp_var("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE")
+            .or_else(|| otlp_var("OTEL_EXPORTER_OTLP_CERTIFICATE"));
+        crate::db::https_client_config(ca.as_deref().map(std::path::Path::new))
+    } else {
+        crate::db::no_roots_client_config()
+    }
+    .map_err(|e| anyhow::anyhow!("cannot set up TLS for {endpoint}: {e}"))?;
+    let http = reqwest::Client::builder()
+        .timeout(otlp_timeout())
+        .use_preconfigured_tls(tls)
+        .build()
+        .with_context(|| format!("cannot set up an HTTP client for {endpoint}"))?;
     let mut exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
+        .with_http_client(http)
         .with_protocol(Protocol::HttpBinary)
         .build()
         .with_context(|| format!("cannot set up the OTLP exporter for {endpoint}"))?;
@@ -171,10 +185,27 @@ async fn export_otlp(trace: &Trace, resource: &Resource) -> Result<()> {
     Ok(())
 }
 
+/// An OTLP exporter variable, unset when empty.
+fn otlp_var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// The export timeout: `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`, else
+/// `OTEL_EXPORTER_OTLP_TIMEOUT` (milliseconds), else 10 s, as the specification says.
+fn otlp_timeout() -> std::time::Duration {
+    otlp_var("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")
+        .or_else(|| otlp_var("OTEL_EXPORTER_OTLP_TIMEOUT"))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(
+            std::time::Duration::from_secs(10),
+            std::time::Duration::from_millis,
+        )
+}
+
 /// The traces endpoint the OTLP exporter uses, for messages: without any user
 /// information an URL may carry.
 fn otlp_endpoint_for_display() -> String {
-    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let var = otlp_var;
     let url = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
         .or_else(|| {
             var("OTEL_EXPORTER_OTLP_ENDPOINT")

@@ -377,6 +377,39 @@ pub(super) fn describe_error(e: &rustls::Error, roots: Option<&RootCerts>) -> St
     }
 }
 
+/// A rustls configuration for HTTPS clients (the OTLP exporter): the ring provider, full
+/// verification (chain and host name) against the roots in `ca_file` (PEM) when given,
+/// else the system's roots.
+pub fn https_client_config(ca_file: Option<&std::path::Path>) -> Result<ClientConfig, String> {
+    let roots = match ca_file {
+        Some(path) => {
+            let mut store = RootCertStore::empty();
+            for cert in pem_certs("certificate file", &path.to_path_buf())? {
+                store
+                    .add(cert)
+                    .map_err(|e| format!("certificate file \"{}\": {e}", path.display()))?;
+            }
+            Arc::new(store)
+        }
+        None => system_roots()?,
+    };
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS set-up failed: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// The rustls configuration an HTTP client needs even when it only speaks plain HTTP
+/// (reqwest asks for one): it trusts no root, so it can never complete a handshake.
+pub fn no_roots_client_config() -> Result<ClientConfig, String> {
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS set-up failed: {e}"))?
+        .with_root_certificates(RootCertStore::empty())
+        .with_no_client_auth())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

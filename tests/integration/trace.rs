@@ -460,49 +460,123 @@ type Received = Arc<Mutex<Vec<(String, String, Vec<u8>)>>>;
 fn receiver() -> (String, Received) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = format!("http://{}", listener.local_addr().unwrap());
-    let got = Arc::new(Mutex::new(Vec::new()));
+    let got: Received = Arc::default();
     let store = Arc::clone(&got);
     std::thread::spawn(move || {
         for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            loop {
-                let mut request_line = String::new();
-                if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
-                    break;
-                }
-                let mut length = 0usize;
-                let mut content_type = String::new();
-                loop {
-                    let mut header = String::new();
-                    if reader.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" {
-                        break;
-                    }
-                    let lower = header.to_ascii_lowercase();
-                    if let Some(v) = lower.strip_prefix("content-length:") {
-                        length = v.trim().parse().unwrap_or(0);
-                    }
-                    if let Some(v) = lower.strip_prefix("content-type:") {
-                        content_type = v.trim().to_string();
-                    }
-                }
-                let mut body = vec![0; length];
-                if reader.read_exact(&mut body).is_err() {
-                    break;
-                }
-                let path = request_line
-                    .split_whitespace()
-                    .nth(1)
-                    .unwrap_or("")
-                    .to_string();
-                store.lock().unwrap().push((path, content_type, body));
-                let _ = stream.write_all(
-                    b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n",
-                );
-            }
+            let Ok(stream) = stream else { continue };
+            serve(stream, &store);
         }
     });
     (addr, got)
+}
+
+/// The same receiver behind TLS, with a certificate for `localhost` made for it; also
+/// returns the certificate's PEM file, to trust it.
+fn tls_receiver() -> (String, Received, std::path::PathBuf) {
+    let key = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let pem = std::env::temp_dir().join(format!("pgc-otlp-{}.pem", Uuid::new_v4()));
+    std::fs::write(&pem, key.cert.pem()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![key.cert.der().clone()],
+        rustls::pki_types::PrivatePkcs8KeyDer::from(key.signing_key.serialize_der()).into(),
+    )
+    .unwrap();
+    let config = Arc::new(config);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!(
+        "https://localhost:{}",
+        listener.local_addr().unwrap().port()
+    );
+    let got: Received = Arc::default();
+    let store = Arc::clone(&got);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let Ok(conn) = rustls::ServerConnection::new(Arc::clone(&config)) else {
+                continue;
+            };
+            serve(rustls::StreamOwned::new(conn, stream), &store);
+        }
+    });
+    (addr, got, pem)
+}
+
+/// Reads HTTP/1.1 requests from one connection, keeps them and answers 200.
+fn serve<S: Read + Write>(stream: S, store: &Received) {
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut length = 0usize;
+        let mut content_type = String::new();
+        loop {
+            let mut header = String::new();
+            if reader.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" {
+                break;
+            }
+            let lower = header.to_ascii_lowercase();
+            if let Some(v) = lower.strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+            if let Some(v) = lower.strip_prefix("content-type:") {
+                content_type = v.trim().to_string();
+            }
+        }
+        let mut body = vec![0; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let path = request_line
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("")
+            .to_string();
+        store.lock().unwrap().push((path, content_type, body));
+        let out = reader.get_mut();
+        let _ = out.write_all(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n",
+        );
+        let _ = out.flush();
+    }
+}
+
+#[tokio::test]
+async fn export_otlp_over_https_checks_the_certificate() {
+    use prost::Message;
+    let db = TestDb::migrated().await;
+    db.client().await.batch_execute(FIXTURE).await.unwrap();
+    let (endpoint, got, pem) = tls_receiver();
+    let id = "01900000-0000-7000-8000-000000000003";
+    // Not trusted: a one-line error, nothing sent.
+    let out = run(
+        db.pgc().env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+        &["trace", id, "--export", "otlp"],
+    );
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    assert!(got.lock().unwrap().is_empty());
+    // Trusted through OTEL_EXPORTER_OTLP_CERTIFICATE: delivered.
+    let out = run(
+        db.pgc()
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+            .env("OTEL_EXPORTER_OTLP_CERTIFICATE", &pem),
+        &["trace", id, "--export", "otlp"],
+    );
+    let _ = std::fs::remove_file(&pem);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let got = got.lock().unwrap();
+    assert_eq!(got.len(), 1);
+    let request = ExportTraceServiceRequest::decode(got[0].2.as_slice()).expect("protobuf body");
+    check_export_request(&request, "pgc");
 }
 
 #[tokio::test]
