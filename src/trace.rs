@@ -152,6 +152,8 @@ pub struct Execution {
     pub max_attempts: i32,
     /// The execution whose attempt enqueued it.
     pub parent_execution_id: Option<Uuid>,
+    /// The trace flags of its stored traceparent.
+    pub flags: u8,
 }
 
 /// One span rebuilt from the rows.
@@ -164,6 +166,8 @@ pub struct Span {
     pub parent_span_id: Option<String>,
     /// The parent is not in the database (the caller's span, such as a CI job's).
     pub parent_is_remote: bool,
+    /// The W3C trace flags stored with the execution's traceparent (`01`: sampled).
+    pub flags: u8,
     /// `conductor.invoke`, `task:<task>` or `task.step:<name>`.
     pub name: String,
     /// Producer, consumer or internal.
@@ -498,10 +502,66 @@ fn producer_context(exec: &ExecRow) -> Result<TraceParent, String> {
     TraceParent::parse(tp).map_err(|e| format!("a malformed stored traceparent {tp:?} ({e})"))
 }
 
-/// A stand-in span id for an execution whose stored carrier cannot be read: the last 16
-/// hex digits of its id (random in a UUID v7, so never all zeros in practice).
-fn stand_in_span_id(id: Uuid) -> String {
-    id.simple().to_string()[16..].to_string()
+/// A stand-in span id for a span whose stored id cannot be used: the last 16 hex digits
+/// of the execution id (random in a UUID v7) for its enqueue, mixed with `seq` for its
+/// other spans; never all zeros.
+fn stand_in_span_id(id: Uuid, seq: u64) -> String {
+    let low = u64::from_be_bytes(id.as_bytes()[8..].try_into().unwrap_or([0; 8]));
+    let mixed = low ^ seq.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    format!("{:016x}", if mixed == 0 { 1 } else { mixed })
+}
+
+/// A usable stored span id: 16 lower-case hex digits, not all zeros (W3C `parent-id`).
+fn valid_span_id(s: &str) -> bool {
+    s.len() == 16
+        && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        && s.bytes().any(|b| b != b'0')
+}
+
+/// pgc's word for a final failure kept on the row, from the error pgc wrote: the row has
+/// no outcome column, and pgc's own messages say which it was.
+fn final_failure(last_error: Option<&str>) -> &'static str {
+    match last_error {
+        Some(e) if e.starts_with("lease expired") => "lost",
+        Some(e) if e.starts_with("timed out after") => "timed_out",
+        _ => "failed",
+    }
+}
+
+/// Checks the span ids stored for one execution, replacing unusable ones (and saying so).
+struct IdCheck<'a> {
+    execution: Uuid,
+    warnings: &'a mut Vec<String>,
+    seq: u64,
+}
+
+impl IdCheck<'_> {
+    /// `id` when usable, else a stand-in.
+    fn span(&mut self, id: &str, what: &str) -> String {
+        self.seq += 1;
+        if valid_span_id(id) {
+            return id.to_string();
+        }
+        let stand_in = stand_in_span_id(self.execution, self.seq);
+        self.warnings.push(format!(
+            "execution {} has {what} with a malformed span id {id:?}: shown as {stand_in}",
+            self.execution
+        ));
+        stand_in
+    }
+
+    /// The stored parent span id when usable; `None` (a root) otherwise.
+    fn parent(&mut self, id: Option<&str>) -> Option<String> {
+        let id = id?;
+        if valid_span_id(id) {
+            return Some(id.to_string());
+        }
+        self.warnings.push(format!(
+            "execution {} has a malformed parent span id {id:?}: shown as a root",
+            self.execution
+        ));
+        None
+    }
 }
 
 /// Builds the spans of every execution, then the tree.
@@ -525,8 +585,10 @@ fn build(
     }
     let mut spans = Vec::with_capacity(execs.len() * 2);
     for exec in &execs {
-        let (producer_id, readable) = match producer_context(exec) {
-            Ok(tp) if tp.trace_id.to_string() == trace_id => (tp.parent_id.to_string(), true),
+        let (producer_id, readable, flags) = match producer_context(exec) {
+            Ok(tp) if tp.trace_id.to_string() == trace_id => {
+                (tp.parent_id.to_string(), true, tp.flags.to_u8())
+            }
             parsed => {
                 // An execution shown on its own was warned about when it was read.
                 if trace_id != exec.id.simple().to_string() {
@@ -539,8 +601,13 @@ fn build(
                         exec.id
                     ));
                 }
-                (stand_in_span_id(exec.id), false)
+                (stand_in_span_id(exec.id, 0), false, 1)
             }
+        };
+        let mut ids = IdCheck {
+            execution: exec.id,
+            warnings: &mut *warnings,
+            seq: 0,
         };
         let execution = Arc::new(Execution {
             id: exec.id,
@@ -550,15 +617,21 @@ fn build(
             priority: exec.priority,
             max_attempts: exec.max_attempts,
             parent_execution_id: exec.parent_execution_id,
+            flags,
         });
         let mut attempts = history.remove(&exec.id).unwrap_or_default();
         attempts.sort_by_key(|a| (a.started_at, a.attempt));
         let consumers_from = spans.len() + 1;
+        let parent_span_id = if readable {
+            ids.parent(exec.parent_span_id.as_deref())
+        } else {
+            None
+        };
         spans.push(producer_span(
             exec,
             &execution,
             &producer_id,
-            readable,
+            parent_span_id,
             &attempts,
             now,
         ));
@@ -574,7 +647,7 @@ fn build(
                 &execution,
                 &producer_id,
                 ConsumerParts {
-                    span_id: a.span_id.clone(),
+                    span_id: ids.span(&a.span_id, "an attempt"),
                     attempt: a.attempt,
                     start: a.started_at,
                     end: Some(a.finished_at.unwrap_or(a.started_at)),
@@ -592,7 +665,7 @@ fn build(
                 "failed" => (
                     SpanStatus::Error,
                     exec.last_error.clone(),
-                    "failed",
+                    final_failure(exec.last_error.as_deref()),
                     exec.finished_at,
                 ),
                 "cancelled" => (
@@ -607,7 +680,7 @@ fn build(
                 &execution,
                 &producer_id,
                 ConsumerParts {
-                    span_id: span_id.clone(),
+                    span_id: ids.span(span_id, "its attempt"),
                     attempt: exec.attempts,
                     start,
                     end: end.map(|e| e.max(start)),
@@ -618,28 +691,29 @@ fn build(
                 },
             ));
         }
+        // A step hangs under the attempt with its number that had started by then (a
+        // released attempt and the next one share a number), else the nearest one.
+        let consumers = consumers_from..spans.len();
         let mut runs = step_rows.remove(&exec.id).unwrap_or_default();
         runs.sort_by_key(|s| s.started_at);
-        for s in runs {
-            let parent = spans[consumers_from..]
+        for mut s in runs {
+            let candidates = spans[consumers.clone()]
                 .iter()
-                .filter(|c| c.attempt == Some(s.attempt) && c.start <= s.started_at)
+                .filter(|c| c.attempt == Some(s.attempt));
+            let parent = candidates
+                .clone()
+                .filter(|c| c.start <= s.started_at)
                 .max_by_key(|c| c.start)
-                .or_else(|| {
-                    spans[consumers_from..]
-                        .iter()
-                        .find(|c| c.attempt == Some(s.attempt))
-                })
-                .map_or_else(
-                    || {
-                        warnings.push(format!(
-                            "step {:?} of execution {} names attempt {}, which has no span: shown under the enqueue",
-                            s.name, exec.id, s.attempt
-                        ));
-                        producer_id.clone()
-                    },
-                    |c| c.span_id.clone(),
-                );
+                .or_else(|| candidates.min_by_key(|c| (c.start - s.started_at).abs()))
+                .map(|c| c.span_id.clone());
+            let parent = parent.unwrap_or_else(|| {
+                ids.warnings.push(format!(
+                    "step {:?} of execution {} names attempt {}, which has no span: shown under the enqueue",
+                    s.name, exec.id, s.attempt
+                ));
+                producer_id.clone()
+            });
+            s.span_id = ids.span(&s.span_id, "a step");
             spans.push(step_span(&execution, parent, s));
         }
     }
@@ -659,7 +733,7 @@ fn producer_span(
     exec: &ExecRow,
     execution: &Arc<Execution>,
     span_id: &str,
-    readable: bool,
+    parent_span_id: Option<String>,
     attempts: &[AttemptRow],
     now: DateTime<Utc>,
 ) -> Span {
@@ -681,13 +755,9 @@ fn producer_span(
     };
     Span {
         span_id: span_id.to_string(),
-        // A stand-in span has no known parent: it is a root.
-        parent_span_id: if readable {
-            exec.parent_span_id.clone()
-        } else {
-            None
-        },
+        parent_span_id,
         parent_is_remote: false,
+        flags: execution.flags,
         name: "conductor.invoke".into(),
         kind: SpanKind::Producer,
         start: exec.created_at,
@@ -719,6 +789,7 @@ fn consumer_span(execution: &Arc<Execution>, producer_id: &str, p: ConsumerParts
         span_id: p.span_id,
         parent_span_id: Some(producer_id.to_string()),
         parent_is_remote: false,
+        flags: execution.flags,
         name: format!("task:{}", execution.task),
         kind: SpanKind::Consumer,
         start: p.start,
@@ -748,6 +819,7 @@ fn step_span(execution: &Arc<Execution>, parent: String, s: StepRow) -> Span {
         span_id: s.span_id,
         parent_span_id: Some(parent),
         parent_is_remote: false,
+        flags: execution.flags,
         name: format!("task.step:{}", s.name),
         kind: SpanKind::Internal,
         start: s.started_at,

@@ -89,16 +89,18 @@ pub async fn run(global: &GlobalArgs, args: TraceArgs) -> Result<ExitCode> {
     if let (true, Some(w)) = (exports, resource_warning) {
         warn(&w);
     }
-    match format {
-        Some(Format::Table) => write_stdout(&render_table(&trace, &TableStyle::detect()))?,
-        Some(Format::Json) => write_stdout_json(&trace.document(), true)?,
-        Some(Format::OtlpJson) => write_stdout_json(&trace::otlp_json(&trace, &resource), false)?,
-        Some(Format::Stdout) => print_with_stdout_exporter(&trace, &resource).await?,
-        None => {}
-    }
+    let shown = match format {
+        Some(Format::Table) => write_stdout(&render_table(&trace, &TableStyle::detect())),
+        Some(Format::Json) => write_stdout_json(&trace.document(), true),
+        Some(Format::OtlpJson) => write_stdout_json(&trace::otlp_json(&trace, &resource), false),
+        Some(Format::Stdout) => print_with_stdout_exporter(&trace, &resource).await,
+        None => Ok(()),
+    };
+    // Exported even when stdout's reader went away (`… --export otlp | head -1`).
     if args.export == Some(Export::Otlp) {
         export_otlp(&trace, &resource).await?;
     }
+    shown?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -239,20 +241,18 @@ pub struct TableStyle {
 }
 
 impl TableStyle {
-    /// Fancy on a terminal without `NO_COLOR`; the terminal's width there, else
-    /// `COLUMNS`, else 120.
+    /// Fancy on a terminal without `NO_COLOR`; the terminal's width when stdout is one,
+    /// else `COLUMNS`, else 120.
     pub fn detect() -> TableStyle {
         let fancy = fancy();
-        let terminal = fancy
-            .then(|| terminal_size::terminal_size_of(std::io::stdout()))
-            .flatten()
-            .map(|(w, _)| usize::from(w.0));
+        let terminal =
+            terminal_size::terminal_size_of(std::io::stdout()).map(|(w, _)| usize::from(w.0));
         let columns = std::env::var("COLUMNS")
             .ok()
             .and_then(|c| c.trim().parse::<usize>().ok());
         TableStyle {
             fancy,
-            width: terminal.or(columns).unwrap_or(120).clamp(60, 1000),
+            width: terminal.or(columns).unwrap_or(120).clamp(40, 1000),
         }
     }
 }
@@ -269,6 +269,7 @@ struct Glyphs {
     tick: char,
     marker: &'static str,
     unfinished: &'static str,
+    cut: char,
 }
 
 const FANCY: Glyphs = Glyphs {
@@ -282,6 +283,7 @@ const FANCY: Glyphs = Glyphs {
     tick: '◆',
     marker: "▶",
     unfinished: "…",
+    cut: '…',
 };
 
 const PLAIN: Glyphs = Glyphs {
@@ -295,6 +297,7 @@ const PLAIN: Glyphs = Glyphs {
     tick: '*',
     marker: ">",
     unfinished: "..",
+    cut: '~',
 };
 
 /// The status column: a glyph (fancy) or a short word (plain), and its colour.
@@ -329,14 +332,15 @@ fn short_duration(d: chrono::TimeDelta) -> String {
     }
 }
 
-fn truncate(s: &str, width: usize) -> String {
+/// `s` cut to `width` characters, the last one replaced by `cut` when it was longer.
+fn truncate(s: &str, width: usize, cut: char) -> String {
     if s.chars().count() <= width {
         s.to_string()
     } else if width == 0 {
         String::new()
     } else {
         let mut out: String = s.chars().take(width - 1).collect();
-        out.push('…');
+        out.push(cut);
         out
     }
 }
@@ -393,14 +397,14 @@ pub fn render_table(trace: &Trace, style: &TableStyle) -> String {
         .max()
         .unwrap_or(4)
         .clamp(4, 60);
-    let task_w = trace
+    let mut task_w = trace
         .spans
         .iter()
         .map(|s| s.execution.task.chars().count())
         .max()
         .unwrap_or(4)
         .clamp(4, 24);
-    let queue_w = trace
+    let mut queue_w = trace
         .spans
         .iter()
         .map(|s| s.execution.queue.chars().count())
@@ -408,14 +412,29 @@ pub fn render_table(trace: &Trace, style: &TableStyle) -> String {
         .unwrap_or(5)
         .clamp(5, 16);
     let status_w = if style.fancy { 2 } else { 4 };
-    // marker, name, task, queue, status, attempt, start, duration, then the bar.
-    let fixed = 2 + 2 + task_w + 2 + queue_w + 2 + status_w + 2 + 3 + 2 + 8 + 2 + 8 + 2;
-    let name_w = name_w.min(style.width.saturating_sub(fixed + 12)).max(12);
-    let bar_w = style.width.saturating_sub(fixed + name_w).max(10);
+    // marker, name, task, queue, status, attempt, start, duration, then the bar. In a
+    // narrow terminal the task and queue columns give way first (to 6), then the names
+    // (to 12) and the bar (to 8): down to about 72 columns every row fits.
+    const BAR_MIN: usize = 8;
+    let fixed = |task_w: usize, queue_w: usize| {
+        2 + 2 + task_w + 2 + queue_w + 2 + status_w + 2 + 3 + 2 + 8 + 2 + 9 + 2
+    };
+    while fixed(task_w, queue_w) + name_w + BAR_MIN > style.width && task_w.max(queue_w) > 6 {
+        if task_w >= queue_w {
+            task_w -= 1;
+        } else {
+            queue_w -= 1;
+        }
+    }
+    let fixed = fixed(task_w, queue_w);
+    let name_w = name_w
+        .min(style.width.saturating_sub(fixed + BAR_MIN))
+        .max(12);
+    let bar_w = style.width.saturating_sub(fixed + name_w).max(BAR_MIN);
 
     let _ = writeln!(
         out,
-        "  {}  {}  {}  {}  {:>3}  {:>8}  {:>8}  TIMELINE",
+        "  {}  {}  {}  {}  {:>3}  {:>8}  {:>9}  TIMELINE",
         pad("SPAN", name_w),
         pad("TASK", task_w),
         pad("QUEUE", queue_w),
@@ -448,7 +467,7 @@ pub fn render_table(trace: &Trace, style: &TableStyle) -> String {
         }
         let span = match &node.what {
             NodeRef::Remote(_) => {
-                let name = truncate(&format!("{prefix}{}", label(node)), name_w);
+                let name = truncate(&format!("{prefix}{}", label(node)), name_w, g.cut);
                 let _ = writeln!(out, "  {name}");
                 continue;
             }
@@ -459,7 +478,7 @@ pub fn render_table(trace: &Trace, style: &TableStyle) -> String {
         } else {
             " "
         };
-        let name = truncate(&format!("{prefix}{}", span.name), name_w);
+        let name = truncate(&format!("{prefix}{}", span.name), name_w, g.cut);
         let (st, st_colour) = status_cell(span, style.fancy);
         let attempt = span.attempt.map(|a| a.to_string()).unwrap_or_default();
         let start = format!("+{}", short_duration(span.start - t0));
@@ -513,11 +532,11 @@ pub fn render_table(trace: &Trace, style: &TableStyle) -> String {
         let bar = bar.trim_end();
         let _ = writeln!(
             out,
-            "{} {}  {}  {}  {}  {:>3}  {:>8}  {:>8}  {}",
+            "{} {}  {}  {}  {}  {:>3}  {:>8}  {:>9}  {}",
             marker,
             pad(&name, name_w),
-            pad(&truncate(&span.execution.task, task_w), task_w),
-            pad(&truncate(&span.execution.queue, queue_w), queue_w),
+            pad(&truncate(&span.execution.task, task_w, g.cut), task_w),
+            pad(&truncate(&span.execution.queue, queue_w, g.cut), queue_w),
             colour(&pad(st, status_w), st_colour),
             attempt,
             start,
@@ -535,6 +554,7 @@ pub fn render_table(trace: &Trace, style: &TableStyle) -> String {
             let text = truncate(
                 &format!("{indent}   error: {}", first.trim()),
                 style.width.saturating_sub(2),
+                g.cut,
             );
             let _ = writeln!(out, "  {}", colour(&text, "31"));
         }
@@ -559,8 +579,9 @@ mod tests {
 
     #[test]
     fn truncation_marks_the_cut() {
-        assert_eq!(truncate("abcdef", 4), "abc…");
-        assert_eq!(truncate("abc", 4), "abc");
+        assert_eq!(truncate("abcdef", 4, '…'), "abc…");
+        assert_eq!(truncate("abcdef", 4, '~'), "abc~");
+        assert_eq!(truncate("abc", 4, '~'), "abc");
     }
 
     #[test]

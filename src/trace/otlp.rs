@@ -158,10 +158,12 @@ fn kind_code(kind: SpanKind) -> u8 {
     }
 }
 
-/// `SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK`, and `SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK` when
-/// the parent is a span from outside the database (the caller's).
+/// The span's W3C trace flags in the low byte, `SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK`,
+/// and `SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK` when the parent is a span from outside the
+/// database (the caller's).
 fn span_flags(span: &Span) -> u32 {
-    if span.parent_is_remote { 0x300 } else { 0x100 }
+    let remote = if span.parent_is_remote { 0x200 } else { 0 };
+    0x100 | remote | u32::from(span.flags)
 }
 
 /// The trace as one OTLP/JSON `ExportTraceServiceRequest` (hex ids, integer enums,
@@ -204,7 +206,13 @@ pub fn otlp_json(trace: &Trace, resource: &Resource) -> Value {
                 span["links"] = s
                     .links
                     .iter()
-                    .map(|l| json!({ "traceId": trace.trace_id, "spanId": l, "flags": 0x100 }))
+                    .map(|l| {
+                        json!({
+                            "traceId": trace.trace_id,
+                            "spanId": l,
+                            "flags": 0x100 | u32::from(s.flags),
+                        })
+                    })
                     .collect();
             }
             span
@@ -228,11 +236,11 @@ pub fn otlp_json(trace: &Trace, resource: &Resource) -> Value {
 /// The trace as the SDK's span records, for its exporters (stdout, OTLP).
 pub fn span_data(trace: &Trace) -> Vec<SpanData> {
     let trace_id = TraceId::from_hex(&trace.trace_id).unwrap_or(TraceId::INVALID);
-    let context = |span_id: &str| {
+    let context = |span_id: &str, flags: u8| {
         SpanContext::new(
             trace_id,
             SpanId::from_hex(span_id).unwrap_or(SpanId::INVALID),
-            TraceFlags::SAMPLED,
+            TraceFlags::new(flags),
             false,
             TraceState::default(),
         )
@@ -248,10 +256,10 @@ pub fn span_data(trace: &Trace) -> Vec<SpanData> {
             links.links = s
                 .links
                 .iter()
-                .map(|l| Link::with_context(context(l)))
+                .map(|l| Link::with_context(context(l, s.flags)))
                 .collect();
             SpanData {
-                span_context: context(&s.span_id),
+                span_context: context(&s.span_id, s.flags),
                 parent_span_id: s
                     .parent_span_id
                     .as_deref()

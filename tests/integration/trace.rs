@@ -855,3 +855,128 @@ from generate_series(1, 3000) i;
         assert_eq!(String::from_utf8_lossy(&out.stderr), "", "{format}");
     }
 }
+
+#[tokio::test]
+async fn steps_hang_under_their_own_attempt_and_stored_ids_are_checked() {
+    let db = TestDb::migrated().await;
+    db.client()
+        .await
+        .batch_execute(
+            r#"
+insert into pgconductor._private_executions
+    (id, queue, task_key, status, attempts, max_attempts, trace_context, parent_span_id,
+     created_at, started_at, attempt_span_id, finished_at, last_error)
+values
+-- Released once (attempt 1), then attempt 1 again ran three steps and timed out for good.
+('01900000-0000-7000-8000-000000000031', 'q', 'build', 'failed', 1, 1,
+ '{"traceparent": "00-8bf92f3577b34da6a3ce929d0e0e4736-a000000000000031-00"}', null,
+ '2026-01-01 10:00:00+00', '2026-01-01 10:00:02+00', 'b000000000000032', '2026-01-01 10:00:09+00',
+ 'timed out after 5s'),
+-- Lost its lease on its last attempt; its attempt span id is not hex.
+('01900000-0000-7000-8000-000000000033', 'q', 'lost', 'failed', 1, 1,
+ '{"traceparent": "00-8bf92f3577b34da6a3ce929d0e0e4736-a000000000000033-00"}', 'NOT-A-SPAN-ID-16',
+ '2026-01-01 10:00:00+00', '2026-01-01 10:00:01+00', 'B00000000000003Ä', '2026-01-01 10:01:00+00',
+ 'lease expired: worker 01900000-0000-7000-8000-0000000000aa stopped renewing it');
+insert into pgconductor._private_attempts
+    (execution_id, attempt, span_id, started_at, finished_at, outcome, error)
+values ('01900000-0000-7000-8000-000000000031', 1, 'b000000000000031', '2026-01-01 10:00:00.5+00',
+        '2026-01-01 10:00:01+00', 'released', 'stopped by the worker (shutdown)');
+insert into pgconductor._private_steps
+    (execution_id, attempt, name, span_id, status, output, exit_code, started_at, finished_at)
+values
+('01900000-0000-7000-8000-000000000031', 1, 'fetch', 'c000000000000031', 'completed', '', 0,
+ '2026-01-01 10:00:02.1+00', '2026-01-01 10:00:03+00'),
+('01900000-0000-7000-8000-000000000031', 1, 'compile', 'c000000000000032', 'completed', '', 0,
+ '2026-01-01 10:00:03.1+00', '2026-01-01 10:00:04+00'),
+('01900000-0000-7000-8000-000000000031', 1, 'test', 'c000000000000033', 'failed', null, 2,
+ '2026-01-01 10:00:04.1+00', '2026-01-01 10:00:05+00');
+"#,
+        )
+        .await
+        .unwrap();
+    let out = run(
+        &mut db.pgc(),
+        &[
+            "trace",
+            "01900000-0000-7000-8000-000000000031",
+            "--format",
+            "json",
+        ],
+    );
+    let doc = json(&out);
+    let by_id = |id: &str| {
+        spans(&doc)
+            .iter()
+            .find(|s| s["span_id"] == id)
+            .unwrap_or_else(|| panic!("span {id} in {doc:#}"))
+            .clone()
+    };
+    // Every step under the attempt that ran it, not under the released one or each other.
+    for step in ["c000000000000031", "c000000000000032", "c000000000000033"] {
+        assert_eq!(by_id(step)["parent_span_id"], "b000000000000032", "{step}");
+    }
+    assert_eq!(by_id("c000000000000033")["status"], "error");
+    assert_eq!(
+        by_id("c000000000000033")["attributes"]["pgconductor.step.exit_code"],
+        2
+    );
+    assert_eq!(by_id("b000000000000031")["outcome"], "released");
+    assert_eq!(by_id("b000000000000032")["outcome"], "timed_out");
+    assert_eq!(
+        by_id("b000000000000032")["attributes"]["error.type"],
+        "timed_out"
+    );
+    // The unusable stored ids: replaced by stand-ins, with warnings; the enqueue with a
+    // malformed parent becomes a root.
+    let lost: Vec<&Value> = spans(&doc)
+        .iter()
+        .filter(|s| s["execution_id"] == "01900000-0000-7000-8000-000000000033")
+        .collect();
+    assert_eq!(lost.len(), 2);
+    assert_eq!(lost[0]["parent_span_id"], Value::Null);
+    assert_eq!(lost[1]["outcome"], "lost");
+    assert!(is_hex(str_of(lost[1], "span_id"), 16), "{}", lost[1]);
+    assert_eq!(out.stderr.lines().count(), 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("\"NOT-A-SPAN-ID-16\""),
+        "{}",
+        out.stderr
+    );
+    // The OTLP form still decodes, and carries the stored flags (00: not sampled).
+    let out = run(
+        &mut db.pgc(),
+        &[
+            "trace",
+            "01900000-0000-7000-8000-000000000031",
+            "--format",
+            "otlp-json",
+        ],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let request: ExportTraceServiceRequest = serde_json::from_str(&out.stdout).unwrap();
+    let all: Vec<_> = request.resource_spans[0].scope_spans[0]
+        .spans
+        .iter()
+        .collect();
+    assert_eq!(all.len(), 8);
+    assert!(
+        all.iter()
+            .all(|s| s.span_id.len() == 8 && s.flags & 0xff == 0)
+    );
+}
+
+#[tokio::test]
+async fn the_plain_table_fits_a_narrow_terminal() {
+    let db = TestDb::migrated().await;
+    db.client().await.batch_execute(FIXTURE).await.unwrap();
+    let out = run(
+        db.pgc().env("COLUMNS", "72"),
+        &["trace", "01900000-0000-7000-8000-000000000002"],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    for line in out.stdout.lines() {
+        assert!(line.chars().count() <= 72, "{line:?} is wider than 72");
+        assert!(line.is_ascii(), "{line:?}");
+    }
+    assert!(out.stdout.contains("~"), "names were cut: {}", out.stdout);
+}
