@@ -9,6 +9,8 @@
 //! span, such as a CI job's) stays the parent; the tree shows it as a remote root.
 
 mod otlp;
+#[cfg(feature = "otel")]
+mod sdk;
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -23,7 +25,9 @@ use crate::error::{Error, Result};
 use crate::sql;
 use crate::traceparent::TraceParent;
 
-pub use otlp::{Resource, otlp_json, span_data};
+pub use otlp::{Resource, otlp_json};
+#[cfg(feature = "otel")]
+pub use sdk::span_data;
 
 /// A small multiply-rotate hasher for the maps here, keyed by ids that are random
 /// already (SipHash's protection against chosen keys buys nothing for rows pgc reads

@@ -29,9 +29,95 @@
 use std::fmt;
 use std::str::FromStr;
 
-use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
+/// Defines an id type over an unsigned integer: big-endian bytes, hex parsing, and
+/// zero-padded lower-case hex display.
+macro_rules! hex_id {
+    ($(#[$doc:meta])* $name:ident, $int:ty, $bytes:literal, $digits:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name($int);
 
-pub use opentelemetry::trace::{SpanId, TraceFlags, TraceId};
+        impl $name {
+            /// The all-zeros id, which W3C Trace Context forbids.
+            pub const INVALID: $name = $name(0);
+
+            /// From its bytes, big-endian (the order of its hex digits).
+            pub const fn from_bytes(bytes: [u8; $bytes]) -> $name {
+                $name(<$int>::from_be_bytes(bytes))
+            }
+
+            /// Its bytes, big-endian.
+            pub const fn to_bytes(self) -> [u8; $bytes] {
+                self.0.to_be_bytes()
+            }
+
+            /// From hex digits (any case; at most two per byte).
+            pub fn from_hex(hex: &str) -> Result<$name, std::num::ParseIntError> {
+                <$int>::from_str_radix(hex, 16).map($name)
+            }
+        }
+
+        impl From<$int> for $name {
+            fn from(v: $int) -> $name {
+                $name(v)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{:0width$x}", self.0, width = $digits)
+            }
+        }
+
+        impl fmt::LowerHex for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::LowerHex::fmt(&self.0, f)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({self})", stringify!($name))
+            }
+        }
+    };
+}
+
+hex_id!(
+    /// A 16-byte trace id. Displayed as 32 lower-case hex digits.
+    TraceId, u128, 16, 32
+);
+hex_id!(
+    /// An 8-byte span id. Displayed as 16 lower-case hex digits.
+    SpanId, u64, 8, 16
+);
+
+/// The 8 `trace-flags` bits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct TraceFlags(u8);
+
+impl TraceFlags {
+    /// No flag set.
+    pub const NOT_SAMPLED: TraceFlags = TraceFlags(0);
+    /// The `sampled` flag alone.
+    pub const SAMPLED: TraceFlags = TraceFlags(FLAG_SAMPLED);
+
+    /// From the flag bits.
+    pub const fn new(bits: u8) -> TraceFlags {
+        TraceFlags(bits)
+    }
+
+    /// The flag bits.
+    pub const fn to_u8(self) -> u8 {
+        self.0
+    }
+}
+
+impl fmt::Debug for TraceFlags {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TraceFlags({:02x})", self.0)
+    }
+}
 
 /// Length in characters of a version-00 `traceparent` value (and of the part of a
 /// higher-version value that this version understands).
@@ -558,7 +644,7 @@ impl FromStr for TraceState {
 }
 
 /// A new trace id: the first 6 bytes are the Unix time in milliseconds, the other 10
-/// are random (opentelemetry_sdk's [`RandomIdGenerator`]); never all zeros.
+/// are random (the thread's cryptographically seeded generator); never all zeros.
 ///
 /// Time-ordered ids keep the trace indexes on `_private_executions` append-mostly, which
 /// is what makes bulk enqueue fast (random keys cost every insert a random index page).
@@ -566,7 +652,7 @@ impl FromStr for TraceState {
 /// right-most 7 bytes be random when the random flag is set; 10 are here, and the flag is
 /// not set. AWS X-Ray ids carry a time prefix the same way.
 pub fn new_trace_id() -> TraceId {
-    let random = RandomIdGenerator::default().new_trace_id().to_bytes();
+    let random: [u8; 16] = rand::random();
     let millis = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
@@ -581,9 +667,8 @@ pub fn new_trace_id() -> TraceId {
 
 /// Random, non-zero span id (see [`new_trace_id`]).
 pub fn new_span_id() -> SpanId {
-    let generator = RandomIdGenerator::default();
     loop {
-        let id = generator.new_span_id();
+        let id = SpanId(rand::random());
         if id != SpanId::INVALID {
             return id;
         }

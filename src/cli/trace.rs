@@ -1,15 +1,17 @@
 //! `pgc trace`: show a whole trace rebuilt from the rows, as a tree table, JSON,
 //! OTLP/JSON or through OpenTelemetry exporters.
 
+#[cfg(feature = "otel")]
+mod export;
+
 use std::fmt::Write as _;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use chrono::{DateTime, Utc};
-use opentelemetry_sdk::trace::SpanExporter as _;
 use uuid::Uuid;
 
-use super::output::{StdoutClosed, fancy, info, warn, write_stdout, write_stdout_json};
+use super::output::{fancy, warn, write_stdout, write_stdout_json};
 use super::{GlobalArgs, connect, parse_execution_id};
 use crate::migrate;
 use crate::trace::{self, Lookup, NodeRef, Resource, Span, SpanKind, SpanStatus, Trace};
@@ -40,6 +42,7 @@ pub struct TraceArgs {
     /// Also send the spans to an OTLP/HTTP (protobuf) endpoint:
     /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else OTEL_EXPORTER_OTLP_ENDPOINT plus
     /// /v1/traces, else http://localhost:4318/v1/traces.
+    #[cfg(feature = "otel")]
     #[arg(long, value_enum, value_name = "EXPORTER")]
     pub export: Option<Export>,
 }
@@ -54,10 +57,12 @@ pub enum Format {
     /// An OTLP/JSON ExportTraceServiceRequest on one line.
     OtlpJson,
     /// The opentelemetry-stdout span exporter.
+    #[cfg(feature = "otel")]
     Stdout,
 }
 
 /// `--export`.
+#[cfg(feature = "otel")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Export {
     /// OTLP over HTTP with protobuf bodies.
@@ -78,157 +83,36 @@ pub async fn run(global: &GlobalArgs, args: TraceArgs) -> Result<ExitCode> {
     for w in &trace.warnings {
         warn(w);
     }
-    let format = match (args.format, args.export) {
-        (Some(f), _) => Some(f),
-        (None, None) => Some(Format::Table),
-        (None, Some(_)) => None,
+    #[cfg(feature = "otel")]
+    let exporting = args.export == Some(Export::Otlp);
+    #[cfg(not(feature = "otel"))]
+    let exporting = false;
+    let format = match args.format {
+        Some(f) => Some(f),
+        None if exporting => None,
+        None => Some(Format::Table),
     };
     let (resource, resource_warning) = Resource::from_env();
-    let exports =
-        matches!(format, Some(Format::OtlpJson | Format::Stdout)) || args.export.is_some();
-    if let (true, Some(w)) = (exports, resource_warning) {
+    // Only the OpenTelemetry forms carry the resource.
+    let uses_resource = exporting || !matches!(format, None | Some(Format::Table | Format::Json));
+    if let (true, Some(w)) = (uses_resource, resource_warning) {
         warn(&w);
     }
     let shown = match format {
         Some(Format::Table) => write_stdout(&render_table(&trace, &TableStyle::detect())),
         Some(Format::Json) => write_stdout_json(&trace.document(), true),
         Some(Format::OtlpJson) => write_stdout_json(&trace::otlp_json(&trace, &resource), false),
-        Some(Format::Stdout) => print_with_stdout_exporter(&trace, &resource).await,
+        #[cfg(feature = "otel")]
+        Some(Format::Stdout) => export::print_with_stdout_exporter(&trace, &resource).await,
         None => Ok(()),
     };
     // Exported even when stdout's reader went away (`… --export otlp | head -1`).
-    if args.export == Some(Export::Otlp) {
-        export_otlp(&trace, &resource).await?;
+    #[cfg(feature = "otel")]
+    if exporting {
+        export::export_otlp(&trace, &resource).await?;
     }
     shown?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Prints the spans through `opentelemetry-stdout`, which writes with `println!` and so
-/// panics when stdout's reader has gone away: that panic is caught (with the panic
-/// message silenced) and treated as the closed pipe it is.
-async fn print_with_stdout_exporter(trace: &Trace, resource: &Resource) -> Result<()> {
-    let mut exporter = opentelemetry_stdout::SpanExporter::default();
-    exporter.set_resource(&resource.to_sdk());
-    let batch = trace::span_data(trace);
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|info| {
-        let closed = info
-            .payload()
-            .downcast_ref::<String>()
-            .is_some_and(|m| m.contains("failed printing to stdout"));
-        if !closed {
-            eprintln!("pgc: internal error: {info}");
-        }
-    }));
-    let outcome = tokio::spawn(async move { exporter.export(batch).await }).await;
-    drop(std::panic::take_hook());
-    std::panic::set_hook(hook);
-    match outcome {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(anyhow::anyhow!("the stdout exporter failed: {e}")),
-        Err(e) if e.is_panic() => {
-            let payload = e.into_panic();
-            let closed = payload
-                .downcast_ref::<String>()
-                .is_some_and(|m| m.contains("failed printing to stdout"));
-            if closed {
-                Err(StdoutClosed.into())
-            } else {
-                Err(anyhow::anyhow!("the stdout exporter failed"))
-            }
-        }
-        Err(e) => Err(anyhow::anyhow!("the stdout exporter failed: {e}")),
-    }
-}
-
-/// Spans per OTLP request: the batch span processor's default batch size.
-const EXPORT_BATCH: usize = 512;
-
-/// Sends the spans to the OTLP/HTTP endpoint the standard variables name.
-async fn export_otlp(trace: &Trace, resource: &Resource) -> Result<()> {
-    use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
-    let endpoint = otlp_endpoint_for_display();
-    let tls = if endpoint.to_ascii_lowercase().starts_with("https://") {
-        let ca = otlp_var("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE")
-            .or_else(|| otlp_var("OTEL_EXPORTER_OTLP_CERTIFICATE"));
-        crate::db::https_client_config(ca.as_deref().map(std::path::Path::new))
-    } else {
-        crate::db::no_roots_client_config()
-    }
-    .map_err(|e| anyhow::anyhow!("cannot set up TLS for {endpoint}: {e}"))?;
-    let http = reqwest::Client::builder()
-        .timeout(otlp_timeout())
-        .use_preconfigured_tls(tls)
-        .build()
-        .with_context(|| format!("cannot set up an HTTP client for {endpoint}"))?;
-    let mut exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_http()
-        .with_http_client(http)
-        .with_protocol(Protocol::HttpBinary)
-        .build()
-        .with_context(|| format!("cannot set up the OTLP exporter for {endpoint}"))?;
-    exporter.set_resource(&resource.to_sdk());
-    let mut batch = trace::span_data(trace);
-    let total = batch.len();
-    while !batch.is_empty() {
-        let rest = batch.split_off(batch.len().min(EXPORT_BATCH));
-        exporter
-            .export(batch)
-            .await
-            .map_err(|e| anyhow::anyhow!("sending the trace to {endpoint} failed: {e}"))?;
-        batch = rest;
-    }
-    let _ = exporter.shutdown();
-    info(&format!(
-        "sent {total} spans of trace {} to {endpoint}",
-        trace.trace_id
-    ));
-    Ok(())
-}
-
-/// An OTLP exporter variable, unset when empty.
-fn otlp_var(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
-}
-
-/// The export timeout: `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`, else
-/// `OTEL_EXPORTER_OTLP_TIMEOUT` (milliseconds), else 10 s, as the specification says.
-fn otlp_timeout() -> std::time::Duration {
-    otlp_var("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")
-        .or_else(|| otlp_var("OTEL_EXPORTER_OTLP_TIMEOUT"))
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map_or(
-            std::time::Duration::from_secs(10),
-            std::time::Duration::from_millis,
-        )
-}
-
-/// The traces endpoint the OTLP exporter uses, for messages: without any user
-/// information an URL may carry.
-fn otlp_endpoint_for_display() -> String {
-    let var = otlp_var;
-    let url = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-        .or_else(|| {
-            var("OTEL_EXPORTER_OTLP_ENDPOINT")
-                .map(|base| format!("{}/v1/traces", base.trim_end_matches('/')))
-        })
-        .unwrap_or_else(|| "http://localhost:4318/v1/traces".to_string());
-    without_userinfo(&url)
-}
-
-/// `scheme://user:password@host/path` → `scheme://host/path`.
-fn without_userinfo(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => {
-            let authority_end = rest.find('/').unwrap_or(rest.len());
-            match rest[..authority_end].rfind('@') {
-                Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
-                None => url.to_string(),
-            }
-        }
-        None => url.to_string(),
-    }
 }
 
 /// How the table is drawn.
@@ -582,17 +466,5 @@ mod tests {
         assert_eq!(truncate("abcdef", 4, '…'), "abc…");
         assert_eq!(truncate("abcdef", 4, '~'), "abc~");
         assert_eq!(truncate("abc", 4, '~'), "abc");
-    }
-
-    #[test]
-    fn endpoint_display_drops_user_information() {
-        assert_eq!(
-            without_userinfo("https://user:secret@collector:4318/v1/traces"),
-            "https://collector:4318/v1/traces"
-        );
-        assert_eq!(
-            without_userinfo("http://collector:4318/a@b"),
-            "http://collector:4318/a@b"
-        );
     }
 }

@@ -1,16 +1,8 @@
-//! A rebuilt trace in OpenTelemetry's shapes: the OTLP/JSON `ExportTraceServiceRequest`
-//! (written here, following the OTLP/JSON encoding rules) and the SDK's `SpanData`,
-//! which the stdout and OTLP exporters take.
-
-use std::borrow::Cow;
-use std::time::SystemTime;
+//! A rebuilt trace as an OTLP/JSON `ExportTraceServiceRequest` (written here, following
+//! the OTLP/JSON encoding rules, with no OpenTelemetry crate), and the resource exported
+//! spans carry.
 
 use chrono::{DateTime, Utc};
-use opentelemetry::trace::{
-    Link, SpanContext, SpanId, SpanKind as OtelKind, Status, TraceFlags, TraceId, TraceState,
-};
-use opentelemetry::{InstrumentationScope, KeyValue, Value as OtelValue};
-use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 use serde_json::{Value, json};
 
 use super::{AttrValue, Span, SpanKind, SpanStatus, Trace};
@@ -65,17 +57,6 @@ impl Resource {
     pub fn service_name(&self) -> &str {
         &self.attributes[0].1
     }
-
-    /// As the SDK's resource type.
-    pub fn to_sdk(&self) -> opentelemetry_sdk::Resource {
-        opentelemetry_sdk::Resource::builder_empty()
-            .with_attributes(
-                self.attributes
-                    .iter()
-                    .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
-            )
-            .build()
-    }
 }
 
 /// Parses `key1=value1,key2=value2` with percent-encoded keys and values (W3C Baggage
@@ -122,7 +103,7 @@ fn percent_decode(s: &str) -> Result<String, String> {
 }
 
 /// The end a span is exported with: its own, or the read time while it still runs.
-fn export_end(span: &Span, now: DateTime<Utc>) -> DateTime<Utc> {
+pub(super) fn export_end(span: &Span, now: DateTime<Utc>) -> DateTime<Utc> {
     span.end.unwrap_or(now).max(span.start)
 }
 
@@ -135,7 +116,7 @@ fn nanos(t: DateTime<Utc>) -> u64 {
 
 /// The attributes a span is exported with: its own, plus the execution's status on
 /// enqueue spans and a marker on spans still in progress.
-fn export_attributes(span: &Span) -> Vec<(&'static str, AttrValue<'_>)> {
+pub(super) fn export_attributes(span: &Span) -> Vec<(&'static str, AttrValue<'_>)> {
     let mut attrs = span.attributes();
     if span.kind == SpanKind::Producer {
         attrs.push((
@@ -231,73 +212,6 @@ pub fn otlp_json(trace: &Trace, resource: &Resource) -> Value {
             }],
         }],
     })
-}
-
-/// The trace as the SDK's span records, for its exporters (stdout, OTLP).
-pub fn span_data(trace: &Trace) -> Vec<SpanData> {
-    let trace_id = TraceId::from_hex(&trace.trace_id).unwrap_or(TraceId::INVALID);
-    let context = |span_id: &str, flags: u8| {
-        SpanContext::new(
-            trace_id,
-            SpanId::from_hex(span_id).unwrap_or(SpanId::INVALID),
-            TraceFlags::new(flags),
-            false,
-            TraceState::default(),
-        )
-    };
-    let scope = InstrumentationScope::builder("pgc")
-        .with_version(env!("CARGO_PKG_VERSION"))
-        .build();
-    trace
-        .spans
-        .iter()
-        .map(|s| {
-            let mut links = SpanLinks::default();
-            links.links = s
-                .links
-                .iter()
-                .map(|l| Link::with_context(context(l, s.flags)))
-                .collect();
-            SpanData {
-                span_context: context(&s.span_id, s.flags),
-                parent_span_id: s
-                    .parent_span_id
-                    .as_deref()
-                    .and_then(|p| SpanId::from_hex(p).ok())
-                    .unwrap_or(SpanId::INVALID),
-                parent_span_is_remote: s.parent_is_remote,
-                span_kind: match s.kind {
-                    SpanKind::Producer => OtelKind::Producer,
-                    SpanKind::Consumer => OtelKind::Consumer,
-                    SpanKind::Internal => OtelKind::Internal,
-                },
-                name: Cow::Owned(s.name.clone()),
-                start_time: SystemTime::from(s.start),
-                end_time: SystemTime::from(export_end(s, trace.now)),
-                attributes: export_attributes(s)
-                    .into_iter()
-                    .map(|(k, v)| {
-                        let value = match v {
-                            AttrValue::Str(s) => OtelValue::from(s.to_string()),
-                            AttrValue::Uuid(u) => OtelValue::from(u.to_string()),
-                            AttrValue::Int(i) => OtelValue::from(i),
-                            AttrValue::Bool(b) => OtelValue::from(b),
-                        };
-                        KeyValue::new(k, value)
-                    })
-                    .collect(),
-                dropped_attributes_count: 0,
-                events: SpanEvents::default(),
-                links,
-                status: match (s.status, &s.status_message) {
-                    (SpanStatus::Error, m) => Status::error(m.clone().unwrap_or_default()),
-                    (SpanStatus::Ok, _) => Status::Ok,
-                    (SpanStatus::Unset, _) => Status::Unset,
-                },
-                instrumentation_scope: scope.clone(),
-            }
-        })
-        .collect()
 }
 
 #[cfg(test)]
