@@ -14,6 +14,7 @@ pub mod handler;
 pub mod jsonb;
 pub mod migrate;
 pub mod sql;
+pub mod telemetry;
 pub mod trace;
 pub mod traceparent;
 pub mod worker;

@@ -27,7 +27,7 @@ use crate::traceparent::TraceParent;
 
 pub use otlp::{Resource, otlp_json};
 #[cfg(feature = "otel")]
-pub use sdk::span_data;
+pub use sdk::{span_data, to_span_data};
 
 /// A small multiply-rotate hasher for the maps here, keyed by ids that are random
 /// already (SipHash's protection against chosen keys buys nothing for rows pgc reads
@@ -1160,4 +1160,46 @@ impl Serialize for AttrValue<'_> {
             AttrValue::Bool(v) => s.serialize_bool(*v),
         }
     }
+}
+
+/// The producer (enqueue) span of an execution `pgc enqueue` just stored, as live
+/// telemetry reports it: the stored span id and parent, timed by the caller's clock.
+/// Returns the trace id with it; `None` when the stored carrier cannot be read.
+pub fn enqueue_span(
+    enqueued: &crate::enqueue::Enqueued,
+    new: &crate::enqueue::NewExecution,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> Option<(String, Span)> {
+    let tp = TraceParent::parse(&enqueued.traceparent).ok()?;
+    let execution = Arc::new(Execution {
+        id: enqueued.id,
+        task: enqueued.task.clone(),
+        queue: enqueued.queue.clone(),
+        status: "pending".to_string(),
+        priority: new.priority,
+        max_attempts: new.max_attempts,
+        parent_execution_id: enqueued.parent_execution_id,
+        flags: tp.flags.to_u8(),
+    });
+    let span = Span {
+        span_id: tp.parent_id.to_string(),
+        parent_span_id: enqueued.parent_span_id.clone(),
+        // A parent from a carrier (TRACEPARENT) is another process's span.
+        parent_is_remote: enqueued.parent_span_id.is_some(),
+        flags: execution.flags,
+        name: "conductor.invoke".into(),
+        kind: SpanKind::Producer,
+        start,
+        end: Some(end.max(start)),
+        waiting_since: None,
+        status: SpanStatus::Unset,
+        status_message: None,
+        outcome: "enqueued",
+        execution,
+        attempt: None,
+        exit_code: None,
+        links: Vec::new(),
+    };
+    Some((tp.trace_id.to_string(), span))
 }

@@ -12,6 +12,7 @@ use tokio::io::{AsyncBufRead, AsyncReadExt, BufReader};
 use uuid::Uuid;
 
 use super::output::{info, warn, write_stdout};
+use super::telemetry::CliTelemetry;
 use super::{GlobalArgs, connect};
 use crate::enqueue::{self, BatchOptions, NewExecution, When};
 use crate::error::Error;
@@ -198,13 +199,38 @@ pub async fn run(global: &GlobalArgs, args: EnqueueArgs) -> Result<ExitCode> {
     }
     let client = connect(global).await?;
     migrate::check_schema(&client).await?;
-    let done = enqueue::enqueue(&client, &new, &ctx).await?;
-    if args.json {
-        write_stdout(&format!("{}\n", serde_json::to_string(&done)?))?;
+    let telemetry = CliTelemetry::from_env();
+    let done = traced_enqueue(&client, &new, &ctx, &telemetry).await?;
+    let shown = if args.json {
+        serde_json::to_string(&done)
+            .map_err(anyhow::Error::from)
+            .and_then(|json| write_stdout(&format!("{json}\n")))
     } else {
-        write_stdout(&format!("{}\n", done.id))?;
-    }
+        write_stdout(&format!("{}\n", done.id))
+    };
+    // The span leaves before the command does, even when stdout's reader went away.
+    telemetry.finish().await;
+    shown?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Enqueues and records the producer span with the ids just stored (none for a
+/// deduplicated enqueue, which stored nothing).
+async fn traced_enqueue(
+    client: &tokio_postgres::Client,
+    new: &NewExecution,
+    ctx: &crate::traceparent::ProducerContext,
+    telemetry: &CliTelemetry,
+) -> Result<enqueue::Enqueued> {
+    let start = Utc::now();
+    let done = enqueue::enqueue(client, new, ctx).await?;
+    let end = Utc::now();
+    if !done.deduplicated
+        && let Some((trace_id, span)) = crate::trace::enqueue_span(&done, new, start, end)
+    {
+        telemetry.hooks().span(&trace_id, &span);
+    }
+    Ok(done)
 }
 
 /// `pgc enqueue --wait`: listen first (so the worker's notification cannot slip past),
@@ -223,7 +249,9 @@ async fn enqueue_and_wait(
         .batch_execute(crate::sql::LISTEN_FINISHED)
         .await
         .map_err(Error::from)?;
-    let done = enqueue::enqueue(&client, new, ctx).await?;
+    let telemetry = CliTelemetry::from_env();
+    let done = traced_enqueue(&client, new, ctx, &telemetry).await?;
+    telemetry.finish().await;
     let state = execution::wait(&client, &mut notes, done.id, args.wait_timeout).await?;
     match state.status.as_str() {
         "completed" => {

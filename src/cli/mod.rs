@@ -12,6 +12,7 @@ mod enqueue;
 mod migrate;
 mod output;
 mod step;
+mod telemetry;
 mod trace;
 mod work;
 

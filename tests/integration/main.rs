@@ -13,5 +13,6 @@ mod enqueue;
 mod migrate;
 mod schema;
 mod step;
+mod telemetry;
 mod trace;
 mod work;

@@ -454,10 +454,10 @@ fn check_export_request(request: &ExportTraceServiceRequest, service: &str) {
 }
 
 /// Requests a receiver got: path, content type, body.
-type Received = Arc<Mutex<Vec<(String, String, Vec<u8>)>>>;
+pub(crate) type Received = Arc<Mutex<Vec<(String, String, Vec<u8>)>>>;
 
 /// A loopback OTLP/HTTP receiver: answers every POST with 200 and keeps the bodies.
-fn receiver() -> (String, Received) {
+pub(crate) fn receiver() -> (String, Received) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = format!("http://{}", listener.local_addr().unwrap());
     let got: Received = Arc::default();

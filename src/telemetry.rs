@@ -1,0 +1,26 @@
+//! The telemetry hook surface: what the engine tells an observer, free of OpenTelemetry.
+//!
+//! The Rust form of the seed's `TelemetryHooks`. Spans are handed over finished, with the
+//! ids pgc stored in the rows (and handed to handlers in `TRACEPARENT`), so what live
+//! telemetry reports and what `pgc trace` rebuilds later are the same spans. With no
+//! telemetry configured, [`NoTelemetry`] does nothing. The OpenTelemetry implementation
+//! is [`otel`], behind the `otel` cargo feature.
+
+#[cfg(feature = "otel")]
+pub mod otel;
+
+use crate::trace::Span;
+
+/// An observer of the queue's work.
+pub trait Telemetry: Send + Sync {
+    /// A span of trace `trace_id` (32 hex digits), with its stored ids.
+    fn span(&self, trace_id: &str, span: &Span) {
+        let _ = (trace_id, span);
+    }
+}
+
+/// Telemetry that records nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoTelemetry;
+
+impl Telemetry for NoTelemetry {}

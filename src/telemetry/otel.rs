@@ -1,0 +1,242 @@
+//! The OpenTelemetry implementation of the telemetry hooks (the `otel` feature): spans
+//! recorded with their stored ids, exported through the exporters the standard
+//! variables choose, and the OTLP/HTTP exporter set-up `pgc trace --export` shares.
+
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+use opentelemetry_sdk::trace::{SpanData, SpanExporter as _};
+
+use super::Telemetry;
+use crate::trace::{Resource, Span, to_span_data};
+
+/// An OTLP exporter variable, unset when empty.
+pub fn otlp_var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// The export timeout: `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`, else
+/// `OTEL_EXPORTER_OTLP_TIMEOUT` (milliseconds), else 10 s, as the specification says.
+pub fn otlp_timeout() -> std::time::Duration {
+    otlp_var("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")
+        .or_else(|| otlp_var("OTEL_EXPORTER_OTLP_TIMEOUT"))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(
+            std::time::Duration::from_secs(10),
+            std::time::Duration::from_millis,
+        )
+}
+
+/// The traces endpoint the OTLP exporter uses, for messages: without any user
+/// information an URL may carry.
+pub fn otlp_endpoint_for_display() -> String {
+    let var = otlp_var;
+    let url = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .or_else(|| {
+            var("OTEL_EXPORTER_OTLP_ENDPOINT")
+                .map(|base| format!("{}/v1/traces", base.trim_end_matches('/')))
+        })
+        .unwrap_or_else(|| "http://localhost:4318/v1/traces".to_string());
+    without_userinfo(&url)
+}
+
+/// `scheme://user:password@host/path` → `scheme://host/path`.
+fn without_userinfo(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            match rest[..authority_end].rfind('@') {
+                Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+                None => url.to_string(),
+            }
+        }
+        None => url.to_string(),
+    }
+}
+
+/// An OTLP/HTTP (protobuf) span exporter for the endpoint the standard variables name,
+/// with pgc's rustls configuration for `https://` (system roots, or
+/// `OTEL_EXPORTER_OTLP_[TRACES_]CERTIFICATE`) and the export timeout. Returns the
+/// endpoint too, for messages (without user information).
+pub fn otlp_span_exporter() -> Result<(opentelemetry_otlp::SpanExporter, String), String> {
+    use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
+    let endpoint = otlp_endpoint_for_display();
+    let tls = if endpoint.to_ascii_lowercase().starts_with("https://") {
+        let ca = otlp_var("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE")
+            .or_else(|| otlp_var("OTEL_EXPORTER_OTLP_CERTIFICATE"));
+        crate::db::https_client_config(ca.as_deref().map(std::path::Path::new))
+    } else {
+        crate::db::no_roots_client_config()
+    }
+    .map_err(|e| format!("cannot set up TLS for {endpoint}: {e}"))?;
+    let http = reqwest::Client::builder()
+        .timeout(otlp_timeout())
+        .use_preconfigured_tls(tls)
+        .build()
+        .map_err(|e| format!("cannot set up an HTTP client for {endpoint}: {e}"))?;
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_http_client(http)
+        .with_protocol(Protocol::HttpBinary)
+        .build()
+        .map_err(|e| format!("cannot set up the OTLP exporter for {endpoint}: {e}"))?;
+    Ok((exporter, endpoint))
+}
+
+/// Where recorded spans go.
+enum Sink {
+    /// OTLP/HTTP, to the endpoint named.
+    Otlp(Box<opentelemetry_otlp::SpanExporter>, String),
+    /// One JSON line per span on stderr (stdout carries a command's data).
+    Console,
+}
+
+/// Spans recorded through the hooks, exported when [`OtelTelemetry::flush`] is called.
+pub struct OtelTelemetry {
+    sinks: tokio::sync::Mutex<Vec<Sink>>,
+    pending: Mutex<Vec<(String, Span, DateTime<Utc>)>>,
+}
+
+impl OtelTelemetry {
+    /// The exporters the standard variables ask for, or `None` when nothing is to be
+    /// exported: `OTEL_SDK_DISABLED=true`; `OTEL_TRACES_EXPORTER` a list of `otlp`,
+    /// `console` and `none` (unknown names are reported and skipped); unset, OTLP when an
+    /// OTLP endpoint variable is set and nothing otherwise. The second value lists
+    /// warnings about the configuration.
+    pub fn from_env() -> (Option<OtelTelemetry>, Vec<String>) {
+        let mut warnings = Vec::new();
+        let disabled =
+            otlp_var("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+        if disabled {
+            return (None, warnings);
+        }
+        let names: Vec<String> = match otlp_var("OTEL_TRACES_EXPORTER") {
+            Some(list) => list
+                .split(',')
+                .map(|n| n.trim().to_ascii_lowercase())
+                .filter(|n| !n.is_empty())
+                .collect(),
+            None if otlp_var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some()
+                || otlp_var("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() =>
+            {
+                vec!["otlp".to_string()]
+            }
+            None => Vec::new(),
+        };
+        if names.iter().any(|n| n == "none") {
+            return (None, warnings);
+        }
+        let (resource, resource_warning) = Resource::from_env();
+        warnings.extend(resource_warning);
+        let mut sinks = Vec::new();
+        for name in &names {
+            match name.as_str() {
+                "otlp" => match otlp_span_exporter() {
+                    Ok((mut exporter, endpoint)) => {
+                        exporter.set_resource(&resource.to_sdk());
+                        sinks.push(Sink::Otlp(Box::new(exporter), endpoint));
+                    }
+                    Err(e) => warnings.push(format!("traces are not exported: {e}")),
+                },
+                "console" => sinks.push(Sink::Console),
+                other => warnings.push(format!(
+                    "OTEL_TRACES_EXPORTER: unknown exporter {other:?} ignored (pgc knows otlp, console and none)"
+                )),
+            }
+        }
+        if sinks.is_empty() {
+            return (None, warnings);
+        }
+        let telemetry = OtelTelemetry {
+            sinks: tokio::sync::Mutex::new(sinks),
+            pending: Mutex::new(Vec::new()),
+        };
+        (Some(telemetry), warnings)
+    }
+
+    /// Exports every span recorded so far. Each exporter is bounded by the export
+    /// timeout; a failure is returned as a message (the spans are dropped, never
+    /// retried: telemetry must not hold the queue's work back).
+    pub async fn flush(&self) -> Result<usize, String> {
+        let spans: Vec<(String, Span, DateTime<Utc>)> = match self.pending.lock() {
+            Ok(mut pending) => std::mem::take(&mut *pending),
+            Err(_) => return Err("the span buffer is unavailable".to_string()),
+        };
+        if spans.is_empty() {
+            return Ok(0);
+        }
+        let mut sinks = self.sinks.lock().await;
+        let mut errors = Vec::new();
+        for sink in sinks.iter_mut() {
+            match sink {
+                Sink::Otlp(exporter, endpoint) => {
+                    let batch: Vec<SpanData> = spans
+                        .iter()
+                        .map(|(trace_id, span, now)| to_span_data(trace_id, *now, span))
+                        .collect();
+                    if let Err(e) = exporter.export(batch).await {
+                        errors.push(format!("exporting spans to {endpoint} failed: {e}"));
+                    }
+                }
+                Sink::Console => {
+                    use std::io::Write;
+                    let mut err = std::io::stderr().lock();
+                    for (trace_id, span, _) in &spans {
+                        let _ = writeln!(err, "{}", console_line(trace_id, span));
+                    }
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(spans.len())
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+}
+
+impl Telemetry for OtelTelemetry {
+    fn span(&self, trace_id: &str, span: &Span) {
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.push((trace_id.to_string(), span.clone(), Utc::now()));
+        }
+    }
+}
+
+/// One span as a JSON line for the console exporter.
+fn console_line(trace_id: &str, span: &Span) -> String {
+    let attributes: serde_json::Map<String, serde_json::Value> = span
+        .attributes()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), serde_json::to_value(v).unwrap_or_default()))
+        .collect();
+    serde_json::json!({
+        "trace_id": trace_id,
+        "span_id": span.span_id,
+        "parent_span_id": span.parent_span_id,
+        "name": span.name,
+        "kind": span.kind.as_str(),
+        "start_time": crate::trace::Rfc3339(span.start),
+        "end_time": span.end.map(crate::trace::Rfc3339),
+        "status": span.status.as_str(),
+        "attributes": attributes,
+    })
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_display_drops_user_information() {
+        assert_eq!(
+            without_userinfo("https://user:secret@collector:4318/v1/traces"),
+            "https://collector:4318/v1/traces"
+        );
+        assert_eq!(
+            without_userinfo("http://collector:4318/a@b"),
+            "http://collector:4318/a@b"
+        );
+    }
+}

@@ -1,0 +1,139 @@
+//! Live telemetry: `pgc enqueue` emits its producer span, with the stored ids, through
+//! the exporters the standard variables choose — to a real OTLP/HTTP receiver on
+//! loopback, to stderr, or nowhere.
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use prost::Message;
+use uuid::Uuid;
+
+use crate::support::{TestDb, run};
+use crate::trace::receiver;
+
+const CALLER: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+async fn stored_traceparent(db: &TestDb, id: Uuid) -> String {
+    db.client()
+        .await
+        .query_one(
+            "select trace_context ->> 'traceparent' from pgconductor._private_executions where id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn enqueue_exports_its_producer_span_with_the_stored_ids() {
+    let db = TestDb::migrated().await;
+    let (endpoint, got) = receiver();
+    let out = run(
+        db.pgc()
+            .env("TRACEPARENT", CALLER)
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+            .env("OTEL_SERVICE_NAME", "ci"),
+        &["enqueue", "deploy", "--queue", "ci"],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stderr, "");
+    let id = Uuid::parse_str(out.stdout.trim()).expect("stdout is the id alone");
+    let stored = stored_traceparent(&db, id).await;
+    let got = got.lock().unwrap();
+    assert_eq!(got.len(), 1, "one request before the command exited");
+    assert_eq!(got[0].0, "/v1/traces");
+    let request = ExportTraceServiceRequest::decode(got[0].2.as_slice()).unwrap();
+    let rs = &request.resource_spans[0];
+    let service = rs
+        .resource
+        .as_ref()
+        .unwrap()
+        .attributes
+        .iter()
+        .find(|kv| kv.key == "service.name");
+    assert!(format!("{service:?}").contains("\"ci\""), "{service:?}");
+    let spans: Vec<_> = rs.scope_spans.iter().flat_map(|s| &s.spans).collect();
+    assert_eq!(spans.len(), 1);
+    let span = spans[0];
+    assert_eq!(span.name, "conductor.invoke");
+    assert_eq!(span.kind, SpanKind::Producer as i32);
+    assert_eq!(hex::encode(&span.trace_id), &stored[3..35]);
+    assert_eq!(
+        hex::encode(&span.span_id),
+        &stored[36..52],
+        "the stored span id"
+    );
+    assert_eq!(hex::encode(&span.parent_span_id), "00f067aa0ba902b7");
+    let attr = |k: &str| {
+        span.attributes
+            .iter()
+            .find(|kv| kv.key == k)
+            .map(|kv| format!("{:?}", kv.value))
+            .unwrap_or_default()
+    };
+    assert!(attr("pgconductor.execution_id").contains(&id.to_string()));
+    assert!(attr("messaging.operation.type").contains("send"));
+    assert!(attr("messaging.destination.name").contains("\"ci\""));
+}
+
+#[tokio::test]
+async fn nothing_is_exported_when_disabled_or_set_to_none() {
+    let db = TestDb::migrated().await;
+    let (endpoint, got) = receiver();
+    for (key, value) in [
+        ("OTEL_SDK_DISABLED", "true"),
+        ("OTEL_TRACES_EXPORTER", "none"),
+    ] {
+        let out = run(
+            db.pgc()
+                .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+                .env(key, value),
+            &["enqueue", "t"],
+        );
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        assert_eq!(out.stderr, "");
+    }
+    // Nor without any configuration at all.
+    let out = run(&mut db.pgc(), &["enqueue", "t"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(got.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn the_console_exporter_writes_to_stderr_and_leaves_stdout_alone() {
+    let db = TestDb::migrated().await;
+    let out = run(
+        db.pgc().env("OTEL_TRACES_EXPORTER", "console"),
+        &["enqueue", "t"],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let id = Uuid::parse_str(out.stdout.trim()).expect("stdout is the id alone");
+    let stored = stored_traceparent(&db, id).await;
+    let line: serde_json::Value = serde_json::from_str(out.stderr.trim()).expect("one JSON line");
+    assert_eq!(line["span_id"], &stored[36..52]);
+    assert_eq!(line["trace_id"], &stored[3..35]);
+    assert_eq!(line["parent_span_id"], serde_json::Value::Null);
+    assert_eq!(line["kind"], "producer");
+}
+
+#[tokio::test]
+async fn an_unreachable_collector_is_a_warning_and_the_execution_is_stored() {
+    let db = TestDb::migrated().await;
+    let out = run(
+        db.pgc().env(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "http://127.0.0.1:1/v1/traces",
+        ),
+        &["enqueue", "t"],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let id = Uuid::parse_str(out.stdout.trim()).unwrap();
+    assert!(stored_traceparent(&db, id).await.starts_with("00-"));
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .starts_with("pgc: warning: exporting spans to http://127.0.0.1:1/v1/traces failed"),
+        "{}",
+        out.stderr
+    );
+}
