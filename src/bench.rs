@@ -30,6 +30,8 @@ pub struct BenchOptions {
     pub concurrency: usize,
     /// Sequential single enqueues for the latency figure.
     pub latency_samples: usize,
+    /// Where the worker's attempt spans go (as in normal use).
+    pub telemetry: crate::telemetry::Hooks,
 }
 
 /// Enqueue→start latency percentiles, in milliseconds.
@@ -117,6 +119,7 @@ async fn measure(
         concurrency: opts.concurrency,
         until_empty: true,
         poll_interval: Duration::from_millis(100),
+        telemetry: opts.telemetry.clone(),
         ..WorkerOptions::default()
     };
     let quiet: worker::EventSink = Arc::new(|_| {});

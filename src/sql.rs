@@ -163,7 +163,7 @@ set status = 'running',
 -- can turn into a hash join over the whole table.
 where e.id = any(array(select id from c))
 returning e.id, e.queue, e.task_key, e.payload::text, e.attempts, e.max_attempts,
-          e.trace_context, e.lease_generation, e.attempt_span_id";
+          e.trace_context, e.lease_generation, e.attempt_span_id, e.parent_execution_id";
 
 /// Settle completed attempts: `$2` ids, `$3` generations, `$4` results (JSON text or
 /// null), and wake `--wait`ers (PostgreSQL sends one notification per transaction for

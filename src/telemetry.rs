@@ -13,6 +13,12 @@ use crate::trace::Span;
 
 /// An observer of the queue's work.
 pub trait Telemetry: Send + Sync {
+    /// Whether [`Telemetry::span`] records anything; when not, callers skip building
+    /// spans, so that no telemetry costs nothing.
+    fn wants_spans(&self) -> bool {
+        true
+    }
+
     /// A span of trace `trace_id` (32 hex digits), with its stored ids.
     fn span(&self, trace_id: &str, span: &Span) {
         let _ = (trace_id, span);
@@ -23,4 +29,32 @@ pub trait Telemetry: Send + Sync {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoTelemetry;
 
-impl Telemetry for NoTelemetry {}
+impl Telemetry for NoTelemetry {
+    fn wants_spans(&self) -> bool {
+        false
+    }
+}
+
+/// Shared telemetry hooks, as options carry them.
+#[derive(Clone)]
+pub struct Hooks(pub std::sync::Arc<dyn Telemetry>);
+
+impl Default for Hooks {
+    fn default() -> Self {
+        Hooks(std::sync::Arc::new(NoTelemetry))
+    }
+}
+
+impl std::fmt::Debug for Hooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hooks")
+    }
+}
+
+impl std::ops::Deref for Hooks {
+    type Target = dyn Telemetry;
+
+    fn deref(&self) -> &Self::Target {
+        &*self.0
+    }
+}

@@ -1203,3 +1203,146 @@ pub fn enqueue_span(
     };
     Some((tp.trace_id.to_string(), span))
 }
+
+/// What [`attempt_span`] builds a live attempt span from.
+#[derive(Debug)]
+pub struct AttemptParts<'a> {
+    /// The stored producer carrier (trace id, producer span id, flags).
+    pub producer: &'a TraceParent,
+    /// The attempt's stored span id.
+    pub span_id: &'a str,
+    /// The execution.
+    pub execution_id: Uuid,
+    /// Its task.
+    pub task: &'a str,
+    /// Its queue.
+    pub queue: &'a str,
+    /// The execution whose attempt enqueued it.
+    pub parent_execution_id: Option<Uuid>,
+    /// The execution's status after the attempt was settled.
+    pub execution_status: &'a str,
+    /// The attempt number.
+    pub attempt: i32,
+    /// When the handler started (the worker's clock).
+    pub start: DateTime<Utc>,
+    /// When it was settled.
+    pub end: DateTime<Utc>,
+    /// `completed`, `failed`, `timed_out`, `lost`, `released` or `cancelled`.
+    pub outcome: &'static str,
+    /// The error, for a failed attempt (or the reason of a released one).
+    pub message: Option<String>,
+}
+
+/// The consumer span of one attempt as the worker reports it live: the stored span id,
+/// child of the stored producer span and linked to it, as [`load`] rebuilds it later.
+/// Returns the trace id with it.
+pub fn attempt_span(p: AttemptParts<'_>) -> (String, Span) {
+    let flags = p.producer.flags.to_u8();
+    let producer_id = p.producer.parent_id.to_string();
+    let execution = Arc::new(Execution {
+        id: p.execution_id,
+        task: p.task.to_string(),
+        queue: p.queue.to_string(),
+        status: p.execution_status.to_string(),
+        priority: 0,
+        max_attempts: 0,
+        parent_execution_id: p.parent_execution_id,
+        flags,
+    });
+    let status = match p.outcome {
+        "completed" => SpanStatus::Ok,
+        "released" => SpanStatus::Unset,
+        _ => SpanStatus::Error,
+    };
+    let span = Span {
+        span_id: p.span_id.to_string(),
+        parent_span_id: Some(producer_id.clone()),
+        // Extracted from the stored carrier: another process's span.
+        parent_is_remote: true,
+        flags,
+        name: format!("task:{}", p.task),
+        kind: SpanKind::Consumer,
+        start: p.start,
+        end: Some(p.end.max(p.start)),
+        waiting_since: None,
+        status,
+        status_message: p.message,
+        outcome: p.outcome,
+        execution,
+        attempt: Some(p.attempt),
+        exit_code: None,
+        links: vec![producer_id],
+    };
+    (p.producer.trace_id.to_string(), span)
+}
+
+/// What [`live_step_span`] builds a step span from.
+#[derive(Debug)]
+pub struct StepParts<'a> {
+    /// The caller's (the attempt's) context from `TRACEPARENT`.
+    pub attempt_context: &'a TraceParent,
+    /// The step's stored span id.
+    pub span_id: &'a str,
+    /// The execution.
+    pub execution_id: Uuid,
+    /// Its task and queue (`PGC_TASK`, `PGC_QUEUE`; empty when unknown).
+    pub task: &'a str,
+    /// Its queue.
+    pub queue: &'a str,
+    /// The attempt number.
+    pub attempt: i32,
+    /// The step's name.
+    pub name: &'a str,
+    /// The command's exit code.
+    pub exit_code: i32,
+    /// Whether the step completed (and was recorded as such).
+    pub completed: bool,
+    /// When the command started.
+    pub start: DateTime<Utc>,
+    /// When it ended.
+    pub end: DateTime<Utc>,
+}
+
+/// The internal span of one `pgc step` run as the step reports it live, under its
+/// attempt's span, with the stored span id. Returns the trace id with it.
+pub fn live_step_span(p: StepParts<'_>) -> (String, Span) {
+    let flags = p.attempt_context.flags.to_u8();
+    let execution = Arc::new(Execution {
+        id: p.execution_id,
+        task: p.task.to_string(),
+        queue: p.queue.to_string(),
+        status: "running".to_string(),
+        priority: 0,
+        max_attempts: 0,
+        parent_execution_id: None,
+        flags,
+    });
+    let (status, message, outcome) = if p.completed {
+        (SpanStatus::Ok, None, "completed")
+    } else {
+        (
+            SpanStatus::Error,
+            Some(format!("step failed with exit code {}", p.exit_code)),
+            "failed",
+        )
+    };
+    let span = Span {
+        span_id: p.span_id.to_string(),
+        parent_span_id: Some(p.attempt_context.parent_id.to_string()),
+        parent_is_remote: true,
+        flags,
+        name: format!("task.step:{}", p.name),
+        kind: SpanKind::Internal,
+        start: p.start,
+        end: Some(p.end.max(p.start)),
+        waiting_since: None,
+        status,
+        status_message: message,
+        outcome,
+        execution,
+        attempt: Some(p.attempt),
+        exit_code: Some(p.exit_code),
+        links: Vec::new(),
+    };
+    (p.attempt_context.trace_id.to_string(), span)
+}

@@ -81,6 +81,8 @@ pub struct WorkerOptions {
     /// the next one without waiting for a claim. They hold their lease while they wait,
     /// so other workers cannot take them, and their attempt starts at the claim. 0: none.
     pub prefetch: usize,
+    /// Where attempt spans go (nowhere by default).
+    pub telemetry: crate::telemetry::Hooks,
 }
 
 impl Default for WorkerOptions {
@@ -96,6 +98,7 @@ impl Default for WorkerOptions {
             until_empty: false,
             claim_batch: 500,
             prefetch: 0,
+            telemetry: crate::telemetry::Hooks::default(),
         }
     }
 }
@@ -290,6 +293,7 @@ struct InFlight {
     task: String,
     attempt: i32,
     stop: CancellationToken,
+    meta: Arc<AttemptMeta>,
 }
 
 struct Done {
@@ -301,6 +305,46 @@ struct Done {
     attempt: i32,
     duration: Duration,
     outcome: Outcome,
+    /// For the attempt's span; `None` for an execution that was never started.
+    meta: Option<Arc<AttemptMeta>>,
+}
+
+/// What the live span of an attempt needs besides its outcome.
+struct AttemptMeta {
+    queue: String,
+    parent_execution_id: Option<Uuid>,
+    /// The stored producer carrier, when it is readable.
+    producer: Option<TraceParent>,
+    /// The attempt's span id (handed to the handler in TRACEPARENT).
+    span_id: String,
+    started: chrono::DateTime<chrono::Utc>,
+}
+
+impl Done {
+    /// The attempt's live span, with the settled outcome; `None` when it has no trace.
+    fn span(
+        &self,
+        outcome: &'static str,
+        message: Option<String>,
+        execution_status: &str,
+    ) -> Option<(String, crate::trace::Span)> {
+        let meta = self.meta.as_ref()?;
+        let producer = meta.producer.as_ref()?;
+        Some(crate::trace::attempt_span(crate::trace::AttemptParts {
+            producer,
+            span_id: &meta.span_id,
+            execution_id: self.id,
+            task: &self.task,
+            queue: &meta.queue,
+            parent_execution_id: meta.parent_execution_id,
+            execution_status,
+            attempt: self.attempt,
+            start: meta.started,
+            end: chrono::Utc::now(),
+            outcome,
+            message,
+        }))
+    }
 }
 
 /// After a second signal: how long handlers get to die and results to settle before
@@ -684,6 +728,7 @@ pub async fn run(
                                 attempt: f.attempt,
                                 duration: Duration::ZERO,
                                 outcome: Outcome::Failed(format!("handler panicked: {e}")),
+                                meta: Some(f.meta.clone()),
                             }
                         }
                     };
@@ -725,6 +770,7 @@ pub async fn run(
                                     attempt: row.try_get(4).unwrap_or_default(),
                                     duration: Duration::ZERO,
                                     outcome: Outcome::Stopped,
+                                    meta: None,
                                 });
                             }
                         }
@@ -949,7 +995,15 @@ fn start(
     let trace_context: Option<serde_json::Value> = row.try_get(6)?;
     let generation: i32 = row.try_get(7)?;
     let span: String = row.try_get(8)?;
+    let parent_execution_id: Option<Uuid> = row.try_get(9)?;
     let (traceparent, tracestate) = attempt_context(trace_context.as_ref(), &span);
+    let meta = Arc::new(AttemptMeta {
+        queue: queue.clone(),
+        parent_execution_id,
+        producer: stored_producer(trace_context.as_ref()),
+        span_id: span,
+        started: chrono::Utc::now(),
+    });
     let job = Job {
         execution_id: id,
         task: task.clone(),
@@ -964,6 +1018,7 @@ fn start(
     let handler = handlers.get(&task).cloned();
     let token = stop.clone();
     let task_name = task.clone();
+    let done_meta = meta.clone();
     let spawned = joins.spawn(async move {
         let started = Instant::now();
         let outcome = match handler {
@@ -980,6 +1035,7 @@ fn start(
             attempt,
             duration: started.elapsed(),
             outcome,
+            meta: Some(done_meta),
         }
     });
     Ok((
@@ -989,8 +1045,17 @@ fn start(
             task,
             attempt,
             stop,
+            meta,
         },
     ))
+}
+
+/// The stored producer carrier, when it is readable.
+fn stored_producer(trace_context: Option<&serde_json::Value>) -> Option<TraceParent> {
+    trace_context
+        .and_then(|v| v.get("traceparent"))
+        .and_then(|v| v.as_str())
+        .and_then(|s| TraceParent::parse(s).ok())
 }
 
 /// The handler's trace context: the execution's trace id and flags with this attempt's
@@ -1079,6 +1144,16 @@ async fn settle_all(
         }
     }
     let by_id: HashMap<Uuid, &Done> = buf.iter().map(|d| (d.id, d)).collect();
+    // Each settled attempt's live span (built only when something records spans).
+    let traced = opts.telemetry.wants_spans();
+    let emit = |id: Uuid, outcome: &'static str, message: Option<String>, status: &str| {
+        if traced
+            && let Some(d) = by_id.get(&id)
+            && let Some((trace_id, span)) = d.span(outcome, message, status)
+        {
+            opts.telemetry.span(&trace_id, &span);
+        }
+    };
     let mut finished_other = false;
     let mut settled: std::collections::HashSet<Uuid> = std::collections::HashSet::new();
     if !complete.0.is_empty() {
@@ -1092,6 +1167,7 @@ async fn settle_all(
             let id: Uuid = r.try_get(0)?;
             settled.insert(id);
             report.completed += 1;
+            emit(id, "completed", None, "completed");
             if let Some(d) = by_id.get(&id) {
                 events(Event::Completed {
                     id,
@@ -1121,6 +1197,7 @@ async fn settle_all(
             let pos = fail.0.iter().position(|x| *x == id).unwrap_or(0);
             finished_other |= status != "pending";
             if status == "cancelled" {
+                emit(id, "cancelled", Some("cancelled".into()), "cancelled");
                 report.cancelled += 1;
                 events(Event::Cancelled {
                     id,
@@ -1128,6 +1205,12 @@ async fn settle_all(
                 });
                 continue;
             }
+            let kind = if matches!(d.outcome, Outcome::TimedOut(_)) {
+                "timed_out"
+            } else {
+                "failed"
+            };
+            emit(id, kind, Some(error.clone()), &status);
             let retry_in = (status == "pending")
                 .then(|| Duration::from_secs_f64(fail.4.get(pos).copied().unwrap_or(0.0)));
             if let Some(d) = retry_in {
@@ -1160,6 +1243,7 @@ async fn settle_all(
             let id: Uuid = r.try_get(0)?;
             settled.insert(id);
             if r.try_get::<_, String>(1)? == "cancelled" {
+                emit(id, "cancelled", Some("cancelled".into()), "cancelled");
                 finished_other = true;
                 report.cancelled += 1;
                 if let Some(d) = by_id.get(&id) {
@@ -1180,6 +1264,7 @@ async fn settle_all(
                     Outcome::TempFail(r) => r.clone(),
                     _ => "shutdown".to_string(),
                 };
+                emit(id, "released", Some(reason.clone()), "pending");
                 events(Event::Released {
                     id,
                     task: d.task.clone(),
@@ -1200,6 +1285,7 @@ async fn settle_all(
             settled.insert(id);
             finished_other = true;
             report.cancelled += 1;
+            emit(id, "cancelled", Some("cancelled".into()), "cancelled");
             if let Some(d) = by_id.get(&id) {
                 events(Event::Cancelled {
                     id,
@@ -1214,6 +1300,12 @@ async fn settle_all(
         session.client.execute(sql::NOTIFY_FINISHED, &[]).await?;
     }
     for d in buf.iter().filter(|d| !settled.contains(&d.id)) {
+        emit(
+            d.id,
+            "lost",
+            Some("lease taken over by another worker".into()),
+            "running",
+        );
         report.leases_lost += 1;
         events(Event::LeaseLost {
             id: d.id,

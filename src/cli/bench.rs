@@ -6,6 +6,7 @@ use anyhow::Result;
 
 use super::GlobalArgs;
 use super::output::{info, write_stdout};
+use super::telemetry::CliTelemetry;
 use crate::bench::{self, BenchOptions};
 
 /// Measure this pgc against this database: bulk-enqueue N no-op tasks into a scratch
@@ -34,16 +35,22 @@ pub struct BenchArgs {
 /// Runs `pgc bench`.
 pub async fn run(global: &GlobalArgs, args: BenchArgs) -> Result<ExitCode> {
     let conn = global.connect_options()?;
+    // Telemetry as the environment configures it, exactly as `pgc work` would.
+    let mut telemetry = CliTelemetry::from_env();
+    telemetry.start_flushing();
     let opts = BenchOptions {
         jobs: args.jobs,
         concurrency: usize::try_from(args.concurrency).unwrap_or(1),
         latency_samples: usize::try_from(args.latency_samples).unwrap_or(1),
+        telemetry: telemetry.shared(),
     };
     info(&format!(
         "bench: {} jobs, concurrency {}, {} latency samples",
         opts.jobs, opts.concurrency, opts.latency_samples
     ));
-    let r = bench::run(&conn, &opts).await?;
+    let r = bench::run(&conn, &opts).await;
+    telemetry.finish().await;
+    let r = r?;
     if args.json {
         write_stdout(&format!("{}\n", serde_json::to_string(&r)?))?;
     } else {

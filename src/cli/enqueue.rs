@@ -199,7 +199,7 @@ pub async fn run(global: &GlobalArgs, args: EnqueueArgs) -> Result<ExitCode> {
     }
     let client = connect(global).await?;
     migrate::check_schema(&client).await?;
-    let telemetry = CliTelemetry::from_env();
+    let mut telemetry = CliTelemetry::from_env();
     let done = traced_enqueue(&client, &new, &ctx, &telemetry).await?;
     let shown = if args.json {
         serde_json::to_string(&done)
@@ -249,7 +249,7 @@ async fn enqueue_and_wait(
         .batch_execute(crate::sql::LISTEN_FINISHED)
         .await
         .map_err(Error::from)?;
-    let telemetry = CliTelemetry::from_env();
+    let mut telemetry = CliTelemetry::from_env();
     let done = traced_enqueue(&client, new, ctx, &telemetry).await?;
     telemetry.finish().await;
     let state = execution::wait(&client, &mut notes, done.id, args.wait_timeout).await?;

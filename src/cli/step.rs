@@ -23,6 +23,7 @@ use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
 use super::output::{StdoutClosed, error_line, warn};
+use super::telemetry::CliTelemetry;
 use super::{GlobalArgs, connect};
 use crate::error::Error;
 use crate::migrate;
@@ -376,6 +377,26 @@ pub async fn run(global: &GlobalArgs, args: StepArgs) -> Result<ExitCode> {
     let code = exit_code(status);
 
     let completed = code == 0 && kept.lost.is_none();
+    let mut telemetry = CliTelemetry::from_env();
+    if let Incoming::Valid { parent, .. } = &incoming
+        && telemetry.hooks().wants_spans()
+    {
+        let var = |name: &str| std::env::var(name).unwrap_or_default();
+        let (trace_id, span) = crate::trace::live_step_span(crate::trace::StepParts {
+            attempt_context: parent,
+            span_id: &span_id,
+            execution_id: here.execution_id,
+            task: &var("PGC_TASK"),
+            queue: &var("PGC_QUEUE"),
+            attempt: here.attempt,
+            name: &args.name,
+            exit_code: code,
+            completed,
+            start: started_at,
+            end: finished_at,
+        });
+        telemetry.hooks().span(&trace_id, &span);
+    }
     let rec = Record {
         here,
         name: &args.name,
@@ -386,6 +407,7 @@ pub async fn run(global: &GlobalArgs, args: StepArgs) -> Result<ExitCode> {
         finished_at,
     };
     let recorded = record(global, &mut client, &rec).await;
+    telemetry.finish().await;
 
     if completed {
         // A completed step whose record is lost would run again on a retry: say so.

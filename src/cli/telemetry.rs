@@ -1,14 +1,19 @@
 //! Live telemetry for one command: set up from the standard variables, handed to the
 //! library as hooks, and flushed before the command exits.
 
-use crate::telemetry::{NoTelemetry, Telemetry};
+use crate::telemetry::{Hooks, NoTelemetry, Telemetry};
 
 use super::output::warn;
 
 /// The command's telemetry (nothing unless the environment configures an exporter).
 pub struct CliTelemetry {
     #[cfg(feature = "otel")]
-    otel: Option<crate::telemetry::otel::OtelTelemetry>,
+    otel: Option<std::sync::Arc<crate::telemetry::otel::OtelTelemetry>>,
+    #[cfg(feature = "otel")]
+    flusher: Option<(
+        tokio_util::sync::CancellationToken,
+        tokio::task::JoinHandle<()>,
+    )>,
 }
 
 impl CliTelemetry {
@@ -21,7 +26,10 @@ impl CliTelemetry {
             for w in warnings {
                 warn(&w);
             }
-            CliTelemetry { otel }
+            CliTelemetry {
+                otel: otel.map(std::sync::Arc::new),
+                flusher: None,
+            }
         }
         #[cfg(not(feature = "otel"))]
         {
@@ -36,18 +44,45 @@ impl CliTelemetry {
     pub fn hooks(&self) -> &dyn Telemetry {
         #[cfg(feature = "otel")]
         if let Some(otel) = &self.otel {
-            return otel;
+            return &**otel;
         }
         &NoTelemetry
     }
 
-    /// Exports what was recorded; a failure (an unreachable collector, say) is a warning.
-    pub async fn finish(&self) {
+    /// The hooks, to hand to the worker.
+    pub fn shared(&self) -> Hooks {
         #[cfg(feature = "otel")]
-        if let Some(otel) = &self.otel
-            && let Err(e) = otel.flush().await
+        if let Some(otel) = &self.otel {
+            return Hooks(otel.clone());
+        }
+        Hooks::default()
+    }
+
+    /// Exports in the background while a long command runs (the worker).
+    pub fn start_flushing(&mut self) {
+        #[cfg(feature = "otel")]
+        if let Some(otel) = &self.otel {
+            let stop = tokio_util::sync::CancellationToken::new();
+            let otel = otel.clone();
+            let token = stop.clone();
+            let task = tokio::spawn(async move { otel.run_flusher(token, warn).await });
+            self.flusher = Some((stop, task));
+        }
+    }
+
+    /// Exports what was recorded; a failure (an unreachable collector, say) is a warning.
+    pub async fn finish(&mut self) {
+        #[cfg(feature = "otel")]
         {
-            warn(&e);
+            if let Some((stop, task)) = self.flusher.take() {
+                stop.cancel();
+                let _ = task.await;
+            }
+            if let Some(otel) = &self.otel
+                && let Err(e) = otel.flush().await
+            {
+                warn(&e);
+            }
         }
     }
 }

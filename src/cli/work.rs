@@ -10,6 +10,7 @@ use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::output::{info, warn};
+use super::telemetry::CliTelemetry;
 use super::{GlobalArgs, parse_duration};
 use crate::enqueue::validate_name;
 use crate::error::Error;
@@ -146,6 +147,8 @@ pub async fn run(global: &GlobalArgs, args: WorkArgs) -> Result<ExitCode> {
     let mut queues = args.queues.clone();
     queues.sort();
     queues.dedup();
+    let mut telemetry = CliTelemetry::from_env();
+    telemetry.start_flushing();
     let opts = WorkerOptions {
         queues,
         concurrency: usize::try_from(args.concurrency).unwrap_or(1),
@@ -155,6 +158,7 @@ pub async fn run(global: &GlobalArgs, args: WorkArgs) -> Result<ExitCode> {
         shutdown_timeout: args.shutdown_timeout,
         until_empty: args.until_empty,
         prefetch: usize::try_from(args.prefetch).unwrap_or(0),
+        telemetry: telemetry.shared(),
         ..WorkerOptions::default()
     };
 
@@ -179,6 +183,9 @@ pub async fn run(global: &GlobalArgs, args: WorkArgs) -> Result<ExitCode> {
     };
     let report = worker::run(&conn, opts, handlers, shutdown, events).await;
     bar.finish_and_clear();
+    // Every span out before the worker exits, on every path (signals included: the
+    // worker returns after a graceful or an immediate stop).
+    telemetry.finish().await;
     let report = report?;
     if args.until_empty {
         info(&format!(

@@ -91,10 +91,44 @@ enum Sink {
     Console,
 }
 
-/// Spans recorded through the hooks, exported when [`OtelTelemetry::flush`] is called.
+/// Spans recorded through the hooks, exported when [`OtelTelemetry::flush`] is called
+/// (by [`OtelTelemetry::run_flusher`] every `OTEL_BSP_SCHEDULE_DELAY`, or sooner once
+/// `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` spans wait). At most `OTEL_BSP_MAX_QUEUE_SIZE`
+/// spans wait; more are dropped and counted, so that a slow collector costs memory
+/// never beyond that.
 pub struct OtelTelemetry {
     sinks: tokio::sync::Mutex<Vec<Sink>>,
     pending: Mutex<Vec<(String, Span, DateTime<Utc>)>>,
+    dropped: std::sync::atomic::AtomicU64,
+    batch_ready: tokio::sync::Notify,
+    limits: Limits,
+}
+
+/// The batch span processor's settings (`OTEL_BSP_*`).
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    delay: std::time::Duration,
+    max_queue: usize,
+    max_batch: usize,
+}
+
+impl Limits {
+    fn from_env() -> Limits {
+        let num = |name: &str, default: u64| {
+            otlp_var(name)
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .filter(|n| *n > 0)
+                .unwrap_or(default)
+        };
+        let max_queue = usize::try_from(num("OTEL_BSP_MAX_QUEUE_SIZE", 2048)).unwrap_or(2048);
+        Limits {
+            delay: std::time::Duration::from_millis(num("OTEL_BSP_SCHEDULE_DELAY", 5000)),
+            max_queue,
+            max_batch: usize::try_from(num("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512))
+                .unwrap_or(512)
+                .min(max_queue),
+        }
+    }
 }
 
 impl OtelTelemetry {
@@ -150,8 +184,36 @@ impl OtelTelemetry {
         let telemetry = OtelTelemetry {
             sinks: tokio::sync::Mutex::new(sinks),
             pending: Mutex::new(Vec::new()),
+            dropped: std::sync::atomic::AtomicU64::new(0),
+            batch_ready: tokio::sync::Notify::new(),
+            limits: Limits::from_env(),
         };
         (Some(telemetry), warnings)
+    }
+
+    /// Exports on a schedule until `stop` is cancelled (then the caller flushes once
+    /// more). Failures are warnings through `warn`, once until an export succeeds again.
+    pub async fn run_flusher(
+        &self,
+        stop: tokio_util::sync::CancellationToken,
+        warn: impl Fn(&str),
+    ) {
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(self.limits.delay) => {}
+                () = self.batch_ready.notified() => {}
+            }
+            match self.flush().await {
+                Ok(_) => failing = false,
+                Err(e) if !failing => {
+                    failing = true;
+                    warn(&e);
+                }
+                Err(_) => {}
+            }
+        }
     }
 
     /// Exports every span recorded so far. Each exporter is bounded by the export
@@ -162,20 +224,30 @@ impl OtelTelemetry {
             Ok(mut pending) => std::mem::take(&mut *pending),
             Err(_) => return Err("the span buffer is unavailable".to_string()),
         };
+        let dropped = self.dropped.swap(0, std::sync::atomic::Ordering::Relaxed);
         if spans.is_empty() {
-            return Ok(0);
+            return if dropped == 0 {
+                Ok(0)
+            } else {
+                Err(format!(
+                    "{dropped} spans were dropped (OTEL_BSP_MAX_QUEUE_SIZE)"
+                ))
+            };
         }
         let mut sinks = self.sinks.lock().await;
         let mut errors = Vec::new();
         for sink in sinks.iter_mut() {
             match sink {
                 Sink::Otlp(exporter, endpoint) => {
-                    let batch: Vec<SpanData> = spans
-                        .iter()
-                        .map(|(trace_id, span, now)| to_span_data(trace_id, *now, span))
-                        .collect();
-                    if let Err(e) = exporter.export(batch).await {
-                        errors.push(format!("exporting spans to {endpoint} failed: {e}"));
+                    for chunk in spans.chunks(self.limits.max_batch) {
+                        let batch: Vec<SpanData> = chunk
+                            .iter()
+                            .map(|(trace_id, span, now)| to_span_data(trace_id, *now, span))
+                            .collect();
+                        if let Err(e) = exporter.export(batch).await {
+                            errors.push(format!("exporting spans to {endpoint} failed: {e}"));
+                            break;
+                        }
                     }
                 }
                 Sink::Console => {
@@ -187,6 +259,11 @@ impl OtelTelemetry {
                 }
             }
         }
+        if dropped > 0 {
+            errors.push(format!(
+                "{dropped} spans were dropped (OTEL_BSP_MAX_QUEUE_SIZE)"
+            ));
+        }
         if errors.is_empty() {
             Ok(spans.len())
         } else {
@@ -197,8 +274,17 @@ impl OtelTelemetry {
 
 impl Telemetry for OtelTelemetry {
     fn span(&self, trace_id: &str, span: &Span) {
-        if let Ok(mut pending) = self.pending.lock() {
-            pending.push((trace_id.to_string(), span.clone(), Utc::now()));
+        let Ok(mut pending) = self.pending.lock() else {
+            return;
+        };
+        if pending.len() >= self.limits.max_queue {
+            self.dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return;
+        }
+        pending.push((trace_id.to_string(), span.clone(), Utc::now()));
+        if pending.len() == self.limits.max_batch {
+            self.batch_ready.notify_one();
         }
     }
 }

@@ -137,3 +137,90 @@ async fn an_unreachable_collector_is_a_warning_and_the_execution_is_stored() {
         out.stderr
     );
 }
+
+/// (span id, parent span id, name, kind) of every span, sorted.
+type Shape = Vec<(String, String, String, i32)>;
+
+#[tokio::test]
+async fn a_worked_trace_exported_live_agrees_span_for_span_with_its_rebuild() {
+    use opentelemetry_proto::tonic::trace::v1::span::SpanKind as K;
+    let db = TestDb::migrated().await;
+    let (endpoint, got) = receiver();
+    let pgc = env!("CARGO_BIN_EXE_pgc");
+    let with_otel = |cmd: &mut std::process::Command| {
+        cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint);
+    };
+    let mut enqueue = db.pgc();
+    with_otel(enqueue.env("TRACEPARENT", CALLER));
+    let root = run(&mut enqueue, &["enqueue", "deploy"]);
+    assert_eq!(root.code, 0, "{}", root.stderr);
+    let deploy = format!("deploy={pgc} step build -- true && {pgc} enqueue flaky >/dev/null");
+    let mut work = db.pgc();
+    with_otel(&mut work);
+    let out = run(
+        &mut work,
+        &[
+            "work",
+            "--until-empty",
+            "--retry-delay",
+            "10ms",
+            "--handler",
+            &deploy,
+            "--handler",
+            r#"flaky=[ "$PGC_ATTEMPT" -ge 2 ] || exit 1"#,
+        ],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    // Live: everything the receiver got (enqueues, attempts, the step, from the worker
+    // and from the pgc processes its handlers ran).
+    let mut live: Shape = Vec::new();
+    for (path, _, body) in got.lock().unwrap().iter() {
+        assert_eq!(path, "/v1/traces");
+        let request = ExportTraceServiceRequest::decode(body.as_slice()).unwrap();
+        for s in request
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .flat_map(|s| &s.spans)
+        {
+            assert_eq!(hex::encode(&s.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
+            live.push((
+                hex::encode(&s.span_id),
+                hex::encode(&s.parent_span_id),
+                s.name.clone(),
+                s.kind,
+            ));
+        }
+    }
+    live.sort();
+    // Rebuilt from the rows.
+    let id = Uuid::parse_str(root.stdout.trim()).unwrap();
+    let rebuilt = run(
+        &mut db.pgc(),
+        &["trace", &id.to_string(), "--format", "json"],
+    );
+    assert_eq!(rebuilt.code, 0, "{}", rebuilt.stderr);
+    let doc: serde_json::Value = serde_json::from_str(&rebuilt.stdout).unwrap();
+    let mut shape: Shape = doc["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let kind = match s["kind"].as_str() {
+                Some("producer") => K::Producer,
+                Some("consumer") => K::Consumer,
+                _ => K::Internal,
+            };
+            (
+                s["span_id"].as_str().unwrap().to_string(),
+                s["parent_span_id"].as_str().unwrap_or_default().to_string(),
+                s["name"].as_str().unwrap().to_string(),
+                kind as i32,
+            )
+        })
+        .collect();
+    shape.sort();
+    // root enqueue + attempt + step, child enqueue + two attempts
+    assert_eq!(shape.len(), 6, "{shape:#?}");
+    assert_eq!(live, shape, "live spans and the rebuild differ");
+}
