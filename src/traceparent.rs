@@ -51,9 +51,15 @@ macro_rules! hex_id {
                 self.0.to_be_bytes()
             }
 
-            /// From hex digits (any case; at most two per byte).
-            pub fn from_hex(hex: &str) -> Result<$name, std::num::ParseIntError> {
-                <$int>::from_str_radix(hex, 16).map($name)
+            /// From 1 to two-per-byte hex digits, any case; no sign, no spaces.
+            pub fn from_hex(hex: &str) -> Option<$name> {
+                if hex.is_empty()
+                    || hex.len() > $digits
+                    || !hex.bytes().all(|b| b.is_ascii_hexdigit())
+                {
+                    return None;
+                }
+                <$int>::from_str_radix(hex, 16).ok().map($name)
             }
         }
 
@@ -870,6 +876,27 @@ mod tests {
     // The W3C test suite's ids.
     const SUITE_TRACE: &str = "12345678901234567890123456789012";
     const SUITE_PARENT: &str = "1234567890123456";
+
+    #[test]
+    fn id_types_parse_hex_strictly_and_print_padded_lower_case() {
+        assert_eq!(
+            SpanId::from_hex("00f067aa0ba902b7"),
+            Some(SpanId::from(0x00f0_67aa_0ba9_02b7))
+        );
+        assert_eq!(SpanId::from_hex("AB"), Some(SpanId::from(0xab)));
+        for bad in ["", "+ab", "-1", " ab", "0x12", "00f067aa0ba902b7a", "zz"] {
+            assert_eq!(SpanId::from_hex(bad), None, "{bad:?}");
+        }
+        assert_eq!(TraceId::from_hex(&"f".repeat(33)), None);
+        assert_eq!(SpanId::from(1).to_string(), "0000000000000001");
+        assert_eq!(
+            TraceId::from(0xabu128).to_string(),
+            format!("{}ab", "0".repeat(30))
+        );
+        assert_eq!(format!("{:?}", SpanId::from(2)), "SpanId(0000000000000002)");
+        let t = TraceId::from_bytes([1; 16]);
+        assert_eq!(TraceId::from_bytes(t.to_bytes()), t);
+    }
 
     fn tp(version: &str, trace: &str, parent: &str, flags: &str) -> String {
         format!("{version}-{trace}-{parent}-{flags}")
