@@ -9,7 +9,50 @@
 #[cfg(feature = "otel")]
 pub mod otel;
 
+use std::time::Duration;
+
+use uuid::Uuid;
+
 use crate::trace::Span;
+
+/// Something the engine did: the seed's `emitEvent` events, with its fields.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub enum TelemetryEvent<'a> {
+    /// `worker.fetch`: one claim.
+    Fetch {
+        /// The queues it claimed from.
+        queues: &'a [String],
+        /// Executions claimed.
+        count: usize,
+        /// How long it took.
+        duration: Duration,
+    },
+    /// `worker.flush`: one batch of settled attempts.
+    Flush {
+        /// Attempts in the batch.
+        count: usize,
+        /// How long it took.
+        duration: Duration,
+    },
+    /// `worker.execution`: one attempt, settled.
+    Execution {
+        /// Its queue.
+        queue: &'a str,
+        /// Its task.
+        task: &'a str,
+        /// The execution.
+        execution_id: Uuid,
+        /// The attempt number.
+        attempt: i32,
+        /// How long the handler ran.
+        duration: Duration,
+        /// `completed`, `failed`, `timed_out`, `lost`, `released` or `cancelled`.
+        status: &'a str,
+        /// The error of a failed attempt.
+        error: Option<&'a str>,
+    },
+}
 
 /// An observer of the queue's work.
 pub trait Telemetry: Send + Sync {
@@ -22,6 +65,11 @@ pub trait Telemetry: Send + Sync {
     /// A span of trace `trace_id` (32 hex digits), with its stored ids.
     fn span(&self, trace_id: &str, span: &Span) {
         let _ = (trace_id, span);
+    }
+
+    /// An event; called whether or not spans are wanted, so it must be cheap.
+    fn event(&self, event: &TelemetryEvent<'_>) {
+        let _ = event;
     }
 }
 

@@ -54,6 +54,7 @@ use crate::db::ConnectOptions;
 use crate::error::Result;
 use crate::handler::{Job, Outcome, SharedHandler};
 use crate::sql;
+use crate::telemetry::TelemetryEvent;
 use crate::traceparent::{SpanId, TraceFlags, TraceParent, new_trace_id};
 
 /// How a worker runs.
@@ -560,6 +561,7 @@ pub async fn run(
             queues: opts.queues.clone(),
             tasks: claimable.clone(),
             lease_secs,
+            telemetry: opts.telemetry.clone(),
         },
         claim_rx,
         claimed_tx,
@@ -863,6 +865,7 @@ struct ClaimQuery {
     queues: Vec<String>,
     tasks: Option<Vec<String>>,
     lease_secs: f64,
+    telemetry: crate::telemetry::Hooks,
 }
 
 /// Claims on request, on a connection of its own, so that the worker's loop never
@@ -879,13 +882,21 @@ async fn claimer(
         let limit = i64::try_from(n).unwrap_or(i64::MAX);
         let answer = match db.session(&events).await {
             Some(mut session) => {
+                let started = Instant::now();
                 match bounded(session.query(
                     sql::CLAIM,
                     &[&q.worker_id, &q.queues, &limit, &q.tasks, &q.lease_secs],
                 ))
                 .await
                 {
-                    Ok(rows) => Ok(rows),
+                    Ok(rows) => {
+                        q.telemetry.event(&TelemetryEvent::Fetch {
+                            queues: &q.queues,
+                            count: rows.len(),
+                            duration: started.elapsed(),
+                        });
+                        Ok(rows)
+                    }
                     Err(e) => {
                         db.fail(&events, e);
                         Err(())
@@ -933,6 +944,7 @@ async fn settler(
         }
         let n = buf.len();
         if let Some(mut session) = db.session(&events).await {
+            let started = Instant::now();
             match bounded(settle_all(
                 &mut session,
                 worker_id,
@@ -944,6 +956,10 @@ async fn settler(
             .await
             {
                 Ok(next_retry) => {
+                    opts.telemetry.event(&TelemetryEvent::Flush {
+                        count: n,
+                        duration: started.elapsed(),
+                    });
                     let _ = settled.send((n, next_retry));
                 }
                 Err(e) => db.fail(&events, e.to_string()),
@@ -1147,10 +1163,17 @@ async fn settle_all(
     // Each settled attempt's live span (built only when something records spans).
     let traced = opts.telemetry.wants_spans();
     let emit = |id: Uuid, outcome: &'static str, message: Option<String>, status: &str| {
-        if traced
-            && let Some(d) = by_id.get(&id)
-            && let Some((trace_id, span)) = d.span(outcome, message, status)
-        {
+        let Some(d) = by_id.get(&id) else { return };
+        opts.telemetry.event(&TelemetryEvent::Execution {
+            queue: d.meta.as_ref().map_or("", |m| m.queue.as_str()),
+            task: &d.task,
+            execution_id: d.id,
+            attempt: d.attempt,
+            duration: d.duration,
+            status: outcome,
+            error: message.as_deref(),
+        });
+        if traced && let Some((trace_id, span)) = d.span(outcome, message, status) {
             opts.telemetry.span(&trace_id, &span);
         }
     };

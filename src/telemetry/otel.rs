@@ -5,9 +5,14 @@
 use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
-use opentelemetry_sdk::trace::{SpanData, SpanExporter as _};
+use opentelemetry::trace::{
+    SpanContext, SpanId as OtelSpanId, SpanKind, Status, TraceFlags, TraceId as OtelTraceId,
+    TraceState,
+};
+use opentelemetry::{InstrumentationScope, KeyValue};
+use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks};
 
-use super::Telemetry;
+use super::{Telemetry, TelemetryEvent};
 use crate::trace::{Resource, Span, to_span_data};
 
 /// An OTLP exporter variable, unset when empty.
@@ -98,7 +103,7 @@ enum Sink {
 /// never beyond that.
 pub struct OtelTelemetry {
     sinks: tokio::sync::Mutex<Vec<Sink>>,
-    pending: Mutex<Vec<(String, Span, DateTime<Utc>)>>,
+    pending: Mutex<Vec<SpanData>>,
     dropped: std::sync::atomic::AtomicU64,
     batch_ready: tokio::sync::Notify,
     limits: Limits,
@@ -220,7 +225,7 @@ impl OtelTelemetry {
     /// timeout; a failure is returned as a message (the spans are dropped, never
     /// retried: telemetry must not hold the queue's work back).
     pub async fn flush(&self) -> Result<usize, String> {
-        let spans: Vec<(String, Span, DateTime<Utc>)> = match self.pending.lock() {
+        let spans: Vec<SpanData> = match self.pending.lock() {
             Ok(mut pending) => std::mem::take(&mut *pending),
             Err(_) => return Err("the span buffer is unavailable".to_string()),
         };
@@ -240,10 +245,7 @@ impl OtelTelemetry {
             match sink {
                 Sink::Otlp(exporter, endpoint) => {
                     for chunk in spans.chunks(self.limits.max_batch) {
-                        let batch: Vec<SpanData> = chunk
-                            .iter()
-                            .map(|(trace_id, span, now)| to_span_data(trace_id, *now, span))
-                            .collect();
+                        let batch: Vec<SpanData> = chunk.to_vec();
                         if let Err(e) = exporter.export(batch).await {
                             errors.push(format!("exporting spans to {endpoint} failed: {e}"));
                             break;
@@ -253,8 +255,8 @@ impl OtelTelemetry {
                 Sink::Console => {
                     use std::io::Write;
                     let mut err = std::io::stderr().lock();
-                    for (trace_id, span, _) in &spans {
-                        let _ = writeln!(err, "{}", console_line(trace_id, span));
+                    for span in &spans {
+                        let _ = writeln!(err, "{}", console_line(span));
                     }
                 }
             }
@@ -272,8 +274,10 @@ impl OtelTelemetry {
     }
 }
 
-impl Telemetry for OtelTelemetry {
-    fn span(&self, trace_id: &str, span: &Span) {
+impl OtelTelemetry {
+    /// Queues one finished span for export (or counts it as dropped when the queue is
+    /// full).
+    fn record(&self, span: SpanData) {
         let Ok(mut pending) = self.pending.lock() else {
             return;
         };
@@ -282,29 +286,114 @@ impl Telemetry for OtelTelemetry {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return;
         }
-        pending.push((trace_id.to_string(), span.clone(), Utc::now()));
+        pending.push(span);
         if pending.len() == self.limits.max_batch {
             self.batch_ready.notify_one();
         }
     }
 }
 
+impl Telemetry for OtelTelemetry {
+    fn span(&self, trace_id: &str, span: &Span) {
+        self.record(to_span_data(trace_id, Utc::now(), span));
+    }
+
+    fn event(&self, event: &TelemetryEvent<'_>) {
+        // The worker's own operations as spans of their own (a trace per operation).
+        let (name, duration, attributes) = match *event {
+            TelemetryEvent::Fetch {
+                queues,
+                count,
+                duration,
+            } => (
+                "worker.fetch",
+                duration,
+                vec![
+                    KeyValue::new("messaging.system", "pgconductor"),
+                    KeyValue::new("messaging.operation.type", "receive"),
+                    KeyValue::new("messaging.destination.name", queues.join(",")),
+                    KeyValue::new("messaging.batch.message_count", count as i64),
+                ],
+            ),
+            TelemetryEvent::Flush { count, duration } => (
+                "worker.flush",
+                duration,
+                vec![
+                    KeyValue::new("messaging.system", "pgconductor"),
+                    KeyValue::new("messaging.operation.type", "settle"),
+                    KeyValue::new("messaging.batch.message_count", count as i64),
+                ],
+            ),
+            _ => return,
+        };
+        let end = std::time::SystemTime::now();
+        let start = end.checked_sub(duration).unwrap_or(end);
+        let context = SpanContext::new(
+            OtelTraceId::from_bytes(crate::traceparent::new_trace_id().to_bytes()),
+            OtelSpanId::from_bytes(crate::traceparent::new_span_id().to_bytes()),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::default(),
+        );
+        self.record(SpanData {
+            span_context: context,
+            parent_span_id: OtelSpanId::INVALID,
+            parent_span_is_remote: false,
+            span_kind: SpanKind::Internal,
+            name: name.into(),
+            start_time: start,
+            end_time: end,
+            attributes,
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status: Status::Unset,
+            instrumentation_scope: InstrumentationScope::builder("pgc")
+                .with_version(env!("CARGO_PKG_VERSION"))
+                .build(),
+        });
+    }
+}
+
 /// One span as a JSON line for the console exporter.
-fn console_line(trace_id: &str, span: &Span) -> String {
+fn console_line(span: &SpanData) -> String {
     let attributes: serde_json::Map<String, serde_json::Value> = span
-        .attributes()
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), serde_json::to_value(v).unwrap_or_default()))
+        .attributes
+        .iter()
+        .map(|kv| {
+            let value = match &kv.value {
+                opentelemetry::Value::Bool(b) => serde_json::Value::from(*b),
+                opentelemetry::Value::I64(i) => serde_json::Value::from(*i),
+                opentelemetry::Value::F64(f) => serde_json::Value::from(*f),
+                other => serde_json::Value::from(other.as_str().into_owned()),
+            };
+            (kv.key.as_str().to_string(), value)
+        })
         .collect();
+    let parent =
+        (span.parent_span_id != OtelSpanId::INVALID).then(|| span.parent_span_id.to_string());
+    let time = |t: std::time::SystemTime| crate::trace::Rfc3339(DateTime::<Utc>::from(t));
+    let kind = match span.span_kind {
+        SpanKind::Producer => "producer",
+        SpanKind::Consumer => "consumer",
+        SpanKind::Client => "client",
+        SpanKind::Server => "server",
+        SpanKind::Internal => "internal",
+    };
+    let status = match &span.status {
+        Status::Unset => "unset",
+        Status::Ok => "ok",
+        Status::Error { .. } => "error",
+    };
     serde_json::json!({
-        "trace_id": trace_id,
-        "span_id": span.span_id,
-        "parent_span_id": span.parent_span_id,
+        "trace_id": span.span_context.trace_id().to_string(),
+        "span_id": span.span_context.span_id().to_string(),
+        "parent_span_id": parent,
         "name": span.name,
-        "kind": span.kind.as_str(),
-        "start_time": crate::trace::Rfc3339(span.start),
-        "end_time": span.end.map(crate::trace::Rfc3339),
-        "status": span.status.as_str(),
+        "kind": kind,
+        "start_time": time(span.start_time),
+        "end_time": time(span.end_time),
+        "status": status,
         "attributes": attributes,
     })
     .to_string()
