@@ -275,6 +275,36 @@ pub struct Report {
     pub cancelled: u64,
 }
 
+/// Where a [`Report`] stood, to undo a batch that did not commit.
+#[derive(Debug, Clone, Copy)]
+struct ReportMark([u64; 5], usize);
+
+impl Report {
+    fn mark(&self) -> ReportMark {
+        ReportMark(
+            [
+                self.completed,
+                self.retried,
+                self.released,
+                self.leases_lost,
+                self.cancelled,
+            ],
+            self.failed.len(),
+        )
+    }
+
+    fn rewind(&mut self, m: ReportMark) {
+        [
+            self.completed,
+            self.retried,
+            self.released,
+            self.leases_lost,
+            self.cancelled,
+        ] = m.0;
+        self.failed.truncate(m.1);
+    }
+}
+
 /// Tells a running worker to stop: `graceful` stops claiming and lets handlers finish
 /// for up to the shutdown timeout; `immediate` stops them at once.
 #[derive(Debug, Clone, Default)]
@@ -294,7 +324,7 @@ struct InFlight {
     task: String,
     attempt: i32,
     stop: CancellationToken,
-    meta: Arc<AttemptMeta>,
+    meta: Option<Arc<AttemptMeta>>,
 }
 
 struct Done {
@@ -341,7 +371,7 @@ impl Done {
             execution_status,
             attempt: self.attempt,
             start: meta.started,
-            end: chrono::Utc::now(),
+            end: meta.started + chrono::TimeDelta::from_std(self.duration).unwrap_or_default(),
             outcome,
             message,
         }))
@@ -543,6 +573,8 @@ pub async fn run(
     let mut local: std::collections::VecDeque<(Key, tokio_postgres::Row)> =
         std::collections::VecDeque::new();
     let mut want_claim = true;
+    // Whether attempts keep what their live spans need.
+    let traced = opts.telemetry.wants_spans();
     // When a retry this worker scheduled falls due.
     let mut retry_wake: Option<tokio::time::Instant> = None;
     // Size of the claim the claimer is working on (0: none).
@@ -585,15 +617,16 @@ pub async fn run(
             let Some((_, row)) = local.pop_front() else {
                 break;
             };
-            launch(
+            if let Err(e) = launch(
                 &row,
                 &handlers,
                 &mut joins,
                 &mut tasks,
                 &mut inflight,
-                &mut db,
-                &events,
-            );
+                traced,
+            ) {
+                db.fail(&events, e.to_string());
+            }
         }
         let free = opts.concurrency.saturating_sub(inflight.len());
         let room = (free + opts.prefetch).saturating_sub(local.len());
@@ -682,7 +715,9 @@ pub async fn run(
                         want_claim = !rows.is_empty() || wakes != wakes_at_claim;
                         for row in rows {
                             if !stopping && inflight.len() < opts.concurrency {
-                                launch(&row, &handlers, &mut joins, &mut tasks, &mut inflight, &mut db, &events);
+                                if let Err(e) = launch(&row, &handlers, &mut joins, &mut tasks, &mut inflight, traced) {
+                                    db.fail(&events, e.to_string());
+                                }
                             } else {
                                 // Started when a slot frees, or given back at shutdown.
                                 match row_key(&row) {
@@ -730,7 +765,7 @@ pub async fn run(
                                 attempt: f.attempt,
                                 duration: Duration::ZERO,
                                 outcome: Outcome::Failed(format!("handler panicked: {e}")),
-                                meta: Some(f.meta.clone()),
+                                meta: f.meta.clone(),
                             }
                         }
                     };
@@ -945,6 +980,8 @@ async fn settler(
         let n = buf.len();
         if let Some(mut session) = db.session(&events).await {
             let started = Instant::now();
+            // A batch cut short by the query timeout is undone like a failed one.
+            let mark = report.mark();
             match bounded(settle_all(
                 &mut session,
                 worker_id,
@@ -962,7 +999,10 @@ async fn settler(
                     });
                     let _ = settled.send((n, next_retry));
                 }
-                Err(e) => db.fail(&events, e.to_string()),
+                Err(e) => {
+                    report.rewind(mark);
+                    db.fail(&events, e.to_string());
+                }
             }
         }
         if !buf.is_empty() {
@@ -984,23 +1024,21 @@ fn launch(
     joins: &mut JoinSet<Done>,
     tasks: &mut HashMap<tokio::task::Id, Key>,
     inflight: &mut HashMap<Key, InFlight>,
-    db: &mut Db,
-    events: &EventSink,
-) {
-    match start(row, handlers, joins) {
-        Ok((key, task_id, flight)) => {
-            tasks.insert(task_id, key);
-            inflight.insert(key, flight);
-        }
-        Err(e) => db.fail(events, e.to_string()),
-    }
+    traced: bool,
+) -> std::result::Result<(), tokio_postgres::Error> {
+    let (key, task_id, flight) = start(row, handlers, joins, traced)?;
+    tasks.insert(task_id, key);
+    inflight.insert(key, flight);
+    Ok(())
 }
 
-/// Starts the handler for one claimed row.
+/// Starts the handler for one claimed row. `traced`: keep what the attempt's live span
+/// needs (nothing is kept when no telemetry is configured).
 fn start(
     row: &tokio_postgres::Row,
     handlers: &Handlers,
     joins: &mut JoinSet<Done>,
+    traced: bool,
 ) -> std::result::Result<(Key, tokio::task::Id, InFlight), tokio_postgres::Error> {
     let id: Uuid = row.try_get(0)?;
     let queue: String = row.try_get(1)?;
@@ -1013,12 +1051,14 @@ fn start(
     let span: String = row.try_get(8)?;
     let parent_execution_id: Option<Uuid> = row.try_get(9)?;
     let (traceparent, tracestate) = attempt_context(trace_context.as_ref(), &span);
-    let meta = Arc::new(AttemptMeta {
-        queue: queue.clone(),
-        parent_execution_id,
-        producer: stored_producer(trace_context.as_ref()),
-        span_id: span,
-        started: chrono::Utc::now(),
+    let meta = traced.then(|| {
+        Arc::new(AttemptMeta {
+            queue: queue.clone(),
+            parent_execution_id,
+            producer: stored_producer(trace_context.as_ref()),
+            span_id: span,
+            started: chrono::Utc::now(),
+        })
     });
     let job = Job {
         execution_id: id,
@@ -1051,7 +1091,7 @@ fn start(
             attempt,
             duration: started.elapsed(),
             outcome,
-            meta: Some(done_meta),
+            meta: done_meta,
         }
     });
     Ok((
@@ -1100,9 +1140,10 @@ fn attempt_context(
 /// How long after a retry's due time the worker claims it.
 const RETRY_WAKE_MARGIN: Duration = Duration::from_millis(5);
 
-/// Settles every finished attempt in `buf`: at most three statements (completed, failed,
-/// released). On error the buffer is kept for the next try; fencing makes a repeat safe.
-/// Returns how soon the earliest retry or release it scheduled is due.
+/// Settles every finished attempt in `buf`, in one transaction: at most four statements
+/// (completed, failed, released, cancelled). On error nothing is settled and the buffer
+/// is kept for the next try (the caller rewinds the report). Returns how soon the
+/// earliest retry or release it scheduled is due.
 async fn settle_all(
     session: &mut Session<'_>,
     worker_id: Uuid,
@@ -1162,21 +1203,20 @@ async fn settle_all(
     let by_id: HashMap<Uuid, &Done> = buf.iter().map(|d| (d.id, d)).collect();
     // Each settled attempt's live span (built only when something records spans).
     let traced = opts.telemetry.wants_spans();
-    let emit = |id: Uuid, outcome: &'static str, message: Option<String>, status: &str| {
-        let Some(d) = by_id.get(&id) else { return };
-        opts.telemetry.event(&TelemetryEvent::Execution {
-            queue: d.meta.as_ref().map_or("", |m| m.queue.as_str()),
-            task: &d.task,
-            execution_id: d.id,
-            attempt: d.attempt,
-            duration: d.duration,
-            status: outcome,
-            error: message.as_deref(),
-        });
-        if traced && let Some((trace_id, span)) = d.span(outcome, message, status) {
-            opts.telemetry.span(&trace_id, &span);
-        }
+    // Reported once the whole batch has committed, so that a batch retried after a
+    // failure reports each attempt once.
+    let mut outcomes: Vec<(Uuid, &'static str, Option<String>, &'static str)> = Vec::new();
+    let mut emit = |id: Uuid, outcome: &'static str, message: Option<String>, status: &str| {
+        let status = match status {
+            "pending" => "pending",
+            "failed" => "failed",
+            "completed" => "completed",
+            "cancelled" => "cancelled",
+            _ => "running",
+        };
+        outcomes.push((id, outcome, message, status));
     };
+    session.client.batch_execute("begin").await?;
     let mut finished_other = false;
     let mut settled: std::collections::HashSet<Uuid> = std::collections::HashSet::new();
     if !complete.0.is_empty() {
@@ -1322,13 +1362,36 @@ async fn settle_all(
     if finished_other {
         session.client.execute(sql::NOTIFY_FINISHED, &[]).await?;
     }
-    for d in buf.iter().filter(|d| !settled.contains(&d.id)) {
+    let unsettled_ids: Vec<Uuid> = buf
+        .iter()
+        .filter(|d| !settled.contains(&d.id))
+        .map(|d| d.id)
+        .collect();
+    for id in unsettled_ids {
         emit(
-            d.id,
+            id,
             "lost",
             Some("lease taken over by another worker".into()),
             "running",
         );
+    }
+    session.client.batch_execute("commit").await?;
+    for (id, outcome, message, status) in outcomes {
+        let Some(d) = by_id.get(&id) else { continue };
+        opts.telemetry.event(&TelemetryEvent::Execution {
+            queue: d.meta.as_ref().map_or("", |m| m.queue.as_str()),
+            task: &d.task,
+            execution_id: d.id,
+            attempt: d.attempt,
+            duration: d.duration,
+            status: outcome,
+            error: message.as_deref(),
+        });
+        if traced && let Some((trace_id, span)) = d.span(outcome, message, status) {
+            opts.telemetry.span(&trace_id, &span);
+        }
+    }
+    for d in buf.iter().filter(|d| !settled.contains(&d.id)) {
         report.leases_lost += 1;
         events(Event::LeaseLost {
             id: d.id,

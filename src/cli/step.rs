@@ -378,6 +378,7 @@ pub async fn run(global: &GlobalArgs, args: StepArgs) -> Result<ExitCode> {
 
     let completed = code == 0 && kept.lost.is_none();
     let mut telemetry = CliTelemetry::from_env();
+    let mut live_span = None;
     if let Incoming::Valid { parent, .. } = &incoming
         && telemetry.hooks().wants_spans()
     {
@@ -395,7 +396,7 @@ pub async fn run(global: &GlobalArgs, args: StepArgs) -> Result<ExitCode> {
             start: started_at,
             end: finished_at,
         });
-        telemetry.hooks().span(&trace_id, &span);
+        live_span = Some((trace_id, span));
     }
     let rec = Record {
         here,
@@ -407,7 +408,11 @@ pub async fn run(global: &GlobalArgs, args: StepArgs) -> Result<ExitCode> {
         finished_at,
     };
     let recorded = record(global, &mut client, &rec).await;
-    telemetry.finish().await;
+    // Reported only when its row exists: the span id is the stored one.
+    if let (Ok(()), Some((trace_id, span))) = (&recorded, &live_span) {
+        telemetry.hooks().span(trace_id, span);
+        telemetry.finish().await;
+    }
 
     if completed {
         // A completed step whose record is lost would run again on a retry: say so.

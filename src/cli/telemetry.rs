@@ -33,7 +33,15 @@ impl CliTelemetry {
         }
         #[cfg(not(feature = "otel"))]
         {
-            if std::env::var_os("OTEL_TRACES_EXPORTER").is_some() {
+            let configured = [
+                "OTEL_TRACES_EXPORTER",
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            ]
+            .iter()
+            .any(|v| std::env::var_os(v).is_some_and(|v| !v.is_empty()));
+            let none = std::env::var("OTEL_TRACES_EXPORTER").is_ok_and(|v| v.trim() == "none");
+            if configured && !none {
                 warn("this pgc was built without the otel feature: no telemetry is exported");
             }
             CliTelemetry {}
@@ -74,14 +82,24 @@ impl CliTelemetry {
     pub async fn finish(&mut self) {
         #[cfg(feature = "otel")]
         {
+            // An export in flight is abandoned (its spans are lost, as they would be to
+            // a collector that does not answer); the last flush gets one export timeout
+            // in all, so that a dead collector delays exit by at most that.
             if let Some((stop, task)) = self.flusher.take() {
                 stop.cancel();
+                task.abort();
                 let _ = task.await;
             }
-            if let Some(otel) = &self.otel
-                && let Err(e) = otel.flush().await
-            {
-                warn(&e);
+            if let Some(otel) = &self.otel {
+                let limit = crate::telemetry::otel::otlp_timeout();
+                match tokio::time::timeout(limit, otel.flush()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => warn(&e),
+                    Err(_) => warn(&format!(
+                        "spans not exported: the collector did not answer within {}",
+                        humantime::format_duration(limit)
+                    )),
+                }
             }
         }
     }

@@ -165,6 +165,18 @@ impl OtelTelemetry {
         if names.iter().any(|n| n == "none") {
             return (None, warnings);
         }
+        let mut names = names;
+        let mut seen = std::collections::HashSet::new();
+        names.retain(|n| seen.insert(n.clone()));
+        let protocol = otlp_var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+            .or_else(|| otlp_var("OTEL_EXPORTER_OTLP_PROTOCOL"));
+        if let Some(p) = protocol.filter(|p| p.trim() != "http/protobuf")
+            && names.iter().any(|n| n == "otlp")
+        {
+            warnings.push(format!(
+                "OTEL_EXPORTER_OTLP_PROTOCOL={p} is not supported: pgc exports OTLP over HTTP with protobuf (http/protobuf)"
+            ));
+        }
         let (resource, resource_warning) = Resource::from_env();
         warnings.extend(resource_warning);
         let mut sinks = Vec::new();

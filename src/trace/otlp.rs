@@ -90,6 +90,7 @@ fn percent_decode(s: &str) -> Result<String, String> {
             let hex = bytes
                 .get(i + 1..i + 3)
                 .and_then(|h| std::str::from_utf8(h).ok())
+                .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
                 .ok_or_else(|| format!("{s:?} has a bad percent escape"))?;
             out.push(hex);

@@ -93,9 +93,11 @@ async fn nothing_is_exported_when_disabled_or_set_to_none() {
         assert_eq!(out.code, 0, "{}", out.stderr);
         assert_eq!(out.stderr, "");
     }
-    // Nor without any configuration at all.
+    // Nor without any configuration at all (not even to the default endpoint: that
+    // would fail here, with a warning).
     let out = run(&mut db.pgc(), &["enqueue", "t"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stderr, "");
     assert!(got.lock().unwrap().is_empty());
 }
 
