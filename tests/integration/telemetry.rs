@@ -247,3 +247,44 @@ async fn a_worked_trace_exported_live_agrees_span_for_span_with_its_rebuild() {
     assert_eq!(shape.len(), 6, "{shape:#?}");
     assert_eq!(live, shape, "live spans and the rebuild differ");
 }
+
+#[tokio::test]
+async fn a_collector_that_never_answers_costs_a_warning_not_the_work() {
+    // Accepts connections and reads, never answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    let db = TestDb::migrated().await;
+    let silent = |cmd: &mut std::process::Command| {
+        cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+            .env("OTEL_EXPORTER_OTLP_TIMEOUT", "500");
+    };
+    let mut enqueue = db.pgc();
+    silent(&mut enqueue);
+    let out = run(&mut enqueue, &["enqueue", "t"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let id = Uuid::parse_str(out.stdout.trim()).unwrap();
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    assert!(out.stderr.starts_with("pgc: warning: "), "{}", out.stderr);
+    let mut work = db.pgc();
+    silent(&mut work);
+    let out = run(&mut work, &["work", "--until-empty", "--", "true"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stderr.contains("pgc: warning: "), "{}", out.stderr);
+    let status: String = db
+        .client()
+        .await
+        .query_one(
+            "select status from pgconductor._private_executions where id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "completed");
+}
