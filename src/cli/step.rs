@@ -329,6 +329,10 @@ pub async fn run(global: &GlobalArgs, args: StepArgs) -> Result<ExitCode> {
     // Timestamps come from this machine's clock, where the step runs: the server's now()
     // in STEP_RECORD would be the time of the insert, after the command, for both.
     let started_at = Utc::now();
+    // SIGINT (Ctrl-C) and SIGTERM (the worker stopping the handler's process group) reach
+    // the command too: this process outlives it, so that the run is recorded (as failed,
+    // with the command's 128+N status) and its span reported.
+    let _signals = hold_signals();
     let mut child = match cmd.spawn() {
         Ok(child) => child,
         Err(e) => {
@@ -440,6 +444,15 @@ pub async fn run(global: &GlobalArgs, args: StepArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+/// Handles SIGINT and SIGTERM (by doing nothing) while the returned streams live.
+fn hold_signals() -> Vec<tokio::signal::unix::Signal> {
+    use tokio::signal::unix::{SignalKind, signal};
+    [SignalKind::interrupt(), SignalKind::terminate()]
+        .into_iter()
+        .filter_map(|kind| signal(kind).ok())
+        .collect()
 }
 
 #[cfg(test)]

@@ -462,3 +462,51 @@ async fn output_over_the_cap_is_passed_through_but_fails_the_step() {
         ("failed", Some(0), true)
     );
 }
+
+#[tokio::test]
+async fn a_step_stopped_by_a_signal_is_recorded_as_failed_and_its_span_reported() {
+    use std::os::unix::process::CommandExt;
+    let db = TestDb::migrated().await;
+    let id = enqueue(&db, "t");
+    let started = marker(id, "started");
+    let mut cmd = in_handler(&db, id, 1);
+    cmd.env("TRACEPARENT", CALLER)
+        .env("OTEL_TRACES_EXPORTER", "console")
+        .args([
+            "step",
+            "slow",
+            "--",
+            "sh",
+            "-c",
+            r#"touch "$1"; exec sleep 30"#,
+            "sh",
+        ])
+        .arg(&started)
+        .process_group(0)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    // Once the command runs, stop the whole group, as the worker stops a handler.
+    for _ in 0..600 {
+        if started.exists() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(started.exists(), "the step's command never started");
+    let pgid = nix::unistd::Pid::from_raw(-i32::try_from(child.id()).unwrap());
+    nix::sys::signal::kill(pgid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let _ = std::fs::remove_file(&started);
+    assert_eq!(out.status.code(), Some(128 + 15), "{out:?}");
+    let rows = steps(&db, id).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].status, "failed");
+    assert_eq!(rows[0].exit_code, Some(143));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let span: Value = serde_json::from_str(stderr.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    assert_eq!(span["span_id"], rows[0].span_id);
+    assert_eq!(span["parent_span_id"], CALLER_SPAN);
+    assert_eq!(span["status"], "error");
+}
