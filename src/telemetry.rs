@@ -52,6 +52,16 @@ pub enum TelemetryEvent<'a> {
         /// The error of a failed attempt.
         error: Option<&'a str>,
     },
+    /// `db.query`: one of the worker's claim and settle statements.
+    DbQuery {
+        /// `claim`, `complete`, `fail`, `release` or `settle_cancelled`.
+        label: &'a str,
+        /// How long it took (preparing it, the first time, included).
+        duration: Duration,
+        /// How many times it was retried (the worker does not retry a statement: it
+        /// reconnects and runs the whole claim or settle again).
+        retries: u32,
+    },
 }
 
 /// An observer of the queue's work.

@@ -407,6 +407,8 @@ struct Db {
     stmts: HashMap<&'static str, Statement>,
     retry_at: Instant,
     backoff: Duration,
+    /// Told of every prepared statement run (`db.query`).
+    telemetry: crate::telemetry::Hooks,
 }
 
 /// A connection with its prepared statements. The claim and settle statements run
@@ -418,6 +420,7 @@ struct Db {
 struct Session<'a> {
     client: &'a Client,
     stmts: &'a mut HashMap<&'static str, Statement>,
+    telemetry: &'a crate::telemetry::Hooks,
 }
 
 impl Session<'_> {
@@ -427,6 +430,7 @@ impl Session<'_> {
         sql: &'static str,
         params: &[&(dyn ToSql + Sync)],
     ) -> std::result::Result<Vec<Row>, tokio_postgres::Error> {
+        let started = Instant::now();
         let stmt = match self.stmts.get(sql) {
             Some(s) => s.clone(),
             None => {
@@ -435,8 +439,28 @@ impl Session<'_> {
                 s
             }
         };
-        self.client.query(&stmt, params).await
+        let rows = self.client.query(&stmt, params).await;
+        self.telemetry.event(&TelemetryEvent::DbQuery {
+            label: statement_label(sql),
+            duration: started.elapsed(),
+            retries: 0,
+        });
+        rows
     }
+}
+
+/// The `db.query` label of a worker statement.
+fn statement_label(sql: &'static str) -> &'static str {
+    [
+        (sql::CLAIM, "claim"),
+        (sql::COMPLETE, "complete"),
+        (sql::FAIL, "fail"),
+        (sql::RELEASE, "release"),
+        (sql::SETTLE_CANCELLED, "settle_cancelled"),
+    ]
+    .into_iter()
+    .find(|(s, _)| *s == sql)
+    .map_or("query", |(_, label)| label)
 }
 
 impl Db {
@@ -447,7 +471,13 @@ impl Db {
             stmts: HashMap::new(),
             retry_at: Instant::now(),
             backoff: Duration::from_millis(100),
+            telemetry: crate::telemetry::Hooks::default(),
         }
+    }
+
+    fn with_telemetry(mut self, telemetry: crate::telemetry::Hooks) -> Self {
+        self.telemetry = telemetry;
+        self
     }
 
     fn up(&self) -> bool {
@@ -485,6 +515,7 @@ impl Db {
         Some(Session {
             client,
             stmts: &mut self.stmts,
+            telemetry: &self.telemetry,
         })
     }
 
@@ -536,7 +567,7 @@ pub async fn run(
     let (settled_tx, mut settled_rx) =
         tokio::sync::mpsc::unbounded_channel::<(usize, Option<Duration>)>();
     let settler = tokio::spawn(settler(
-        Db::new(conn.clone(), None),
+        Db::new(conn.clone(), None).with_telemetry(opts.telemetry.clone()),
         worker_id,
         opts.clone(),
         settle_rx,
@@ -587,7 +618,7 @@ pub async fn run(
     let (claimed_tx, mut claimed_rx) =
         tokio::sync::mpsc::unbounded_channel::<std::result::Result<Vec<tokio_postgres::Row>, ()>>();
     let claimer = tokio::spawn(claimer(
-        Db::new(conn.clone(), None),
+        Db::new(conn.clone(), None).with_telemetry(opts.telemetry.clone()),
         ClaimQuery {
             worker_id,
             queues: opts.queues.clone(),

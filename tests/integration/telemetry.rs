@@ -288,3 +288,120 @@ async fn a_collector_that_never_answers_costs_a_warning_not_the_work() {
         .get(0);
     assert_eq!(status, "completed");
 }
+
+/// Records what the hooks are told.
+#[derive(Default)]
+struct Recorder {
+    spans: std::sync::Mutex<Vec<(String, pgc::trace::Span)>>,
+    events: std::sync::Mutex<Vec<String>>,
+}
+
+impl pgc::telemetry::Telemetry for Recorder {
+    fn span(&self, trace_id: &str, span: &pgc::trace::Span) {
+        self.spans
+            .lock()
+            .unwrap()
+            .push((trace_id.to_string(), span.clone()));
+    }
+
+    fn event(&self, event: &pgc::telemetry::TelemetryEvent<'_>) {
+        use pgc::telemetry::TelemetryEvent as E;
+        let name = match event {
+            E::Fetch { count, .. } => format!("fetch {count}"),
+            E::Flush { count, .. } => format!("flush {count}"),
+            E::Execution { task, status, .. } => format!("execution {task} {status}"),
+            E::DbQuery { label, .. } => format!("db.query {label}"),
+            _ => "other".to_string(),
+        };
+        self.events.lock().unwrap().push(name);
+    }
+}
+
+#[tokio::test]
+async fn the_in_process_worker_calls_every_hook_with_the_stored_ids() {
+    use pgc::handler::{FnHandler, Job, Outcome};
+    use pgc::worker::{self, Handlers, Shutdown, WorkerOptions};
+    use std::sync::Arc;
+    let db = TestDb::migrated().await;
+    for task in ["ok", "flaky"] {
+        let out = run(db.pgc().env("TRACEPARENT", CALLER), &["enqueue", task]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+    }
+    let recorder = Arc::new(Recorder::default());
+    let handler = FnHandler(|job: Job| async move {
+        if job.task == "flaky" && job.attempt == 1 {
+            Outcome::Failed("first time".into())
+        } else {
+            Outcome::Completed(None)
+        }
+    });
+    let handler = Arc::new(handler);
+    let handlers = Handlers::new()
+        .task("ok", handler.clone())
+        .task("flaky", handler);
+    let opts = WorkerOptions {
+        until_empty: true,
+        retry_delay: std::time::Duration::from_millis(10),
+        poll_interval: std::time::Duration::from_millis(100),
+        telemetry: pgc::telemetry::Hooks(recorder.clone()),
+        ..WorkerOptions::default()
+    };
+    let conn = pgc::db::ConnectOptions::resolve(Some(&db.url)).unwrap();
+    let report = worker::run(&conn, opts, handlers, Shutdown::default(), Arc::new(|_| {}))
+        .await
+        .unwrap();
+    assert_eq!(report.completed, 2);
+    let events = recorder.events.lock().unwrap().clone();
+    for expected in [
+        "execution ok completed",
+        "execution flaky failed",
+        "execution flaky completed",
+        "db.query claim",
+        "db.query complete",
+        "db.query fail",
+    ] {
+        assert!(
+            events.iter().any(|e| e == expected),
+            "{expected} in {events:?}"
+        );
+    }
+    assert!(
+        events
+            .iter()
+            .any(|e| e.starts_with("fetch ") && e != "fetch 0"),
+        "{events:?}"
+    );
+    assert!(events.iter().any(|e| e.starts_with("flush ")), "{events:?}");
+    // One consumer span per attempt, with the ids the rows keep.
+    let spans = recorder.spans.lock().unwrap().clone();
+    assert_eq!(spans.len(), 3, "{spans:?}");
+    let client = db.client().await;
+    for (trace_id, span) in &spans {
+        assert_eq!(trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        let row = client
+            .query_one(
+                "select trace_context ->> 'traceparent', attempt_span_id
+                 from pgconductor._private_executions where id = $1",
+                &[&span.execution.id],
+            )
+            .await
+            .unwrap();
+        let stored: String = row.get(0);
+        assert_eq!(span.parent_span_id.as_deref(), Some(&stored[36..52]));
+        assert_eq!(span.links, vec![stored[36..52].to_string()]);
+        if span.outcome == "completed" {
+            assert_eq!(Some(span.span_id.clone()), row.get::<_, Option<String>>(1));
+        } else {
+            let earlier: String = client
+                .query_one(
+                    "select span_id from pgconductor._private_attempts where execution_id = $1",
+                    &[&span.execution.id],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(span.span_id, earlier);
+            assert_eq!(span.status_message.as_deref(), Some("first time"));
+        }
+    }
+}
