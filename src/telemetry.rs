@@ -7,6 +7,8 @@
 //! is [`otel`], behind the `otel` cargo feature.
 
 #[cfg(feature = "otel")]
+pub mod metrics;
+#[cfg(feature = "otel")]
 pub mod otel;
 
 use std::time::Duration;
@@ -51,6 +53,15 @@ pub enum TelemetryEvent<'a> {
         status: &'a str,
         /// The error of a failed attempt.
         error: Option<&'a str>,
+        /// When a failed attempt runs again.
+        retry_in: Option<Duration>,
+    },
+    /// Executions enqueued (`messaging.client.sent.messages`).
+    Sent {
+        /// The queue.
+        queue: &'a str,
+        /// How many.
+        count: u64,
     },
     /// `db.query`: one of the worker's claim and settle statements.
     DbQuery {

@@ -1237,6 +1237,7 @@ async fn settle_all(
     // Reported once the whole batch has committed, so that a batch retried after a
     // failure reports each attempt once.
     let mut outcomes: Vec<(Uuid, &'static str, Option<String>, &'static str)> = Vec::new();
+    let mut retries: HashMap<Uuid, Duration> = HashMap::new();
     let mut emit = |id: Uuid, outcome: &'static str, message: Option<String>, status: &str| {
         let status = match status {
             "pending" => "pending",
@@ -1309,6 +1310,7 @@ async fn settle_all(
                 .then(|| Duration::from_secs_f64(fail.4.get(pos).copied().unwrap_or(0.0)));
             if let Some(d) = retry_in {
                 next_retry = Some(next_retry.map_or(d, |n| n.min(d)));
+                retries.insert(id, d);
                 report.retried += 1;
             } else {
                 report.failed.push(FailedExecution {
@@ -1417,6 +1419,7 @@ async fn settle_all(
             duration: d.duration,
             status: outcome,
             error: message.as_deref(),
+            retry_in: retries.get(&id).copied(),
         });
         if traced && let Some((trace_id, span)) = d.span(outcome, message, status) {
             opts.telemetry.span(&trace_id, &span);

@@ -18,6 +18,7 @@ use crate::enqueue::{self, BatchOptions, NewExecution, When};
 use crate::error::Error;
 use crate::execution;
 use crate::migrate;
+use crate::telemetry::TelemetryEvent;
 use crate::traceparent::Incoming;
 
 /// Put a task execution into a queue and print its id.
@@ -225,10 +226,14 @@ async fn traced_enqueue(
     let start = Utc::now();
     let done = enqueue::enqueue(client, new, ctx).await?;
     let end = Utc::now();
-    if !done.deduplicated
-        && let Some((trace_id, span)) = crate::trace::enqueue_span(&done, new, start, end)
-    {
-        telemetry.hooks().span(&trace_id, &span);
+    if !done.deduplicated {
+        telemetry.hooks().event(&TelemetryEvent::Sent {
+            queue: &done.queue,
+            count: 1,
+        });
+        if let Some((trace_id, span)) = crate::trace::enqueue_span(&done, new, start, end) {
+            telemetry.hooks().span(&trace_id, &span);
+        }
     }
     Ok(done)
 }
@@ -327,6 +332,13 @@ async fn run_batch(global: &GlobalArgs, args: &EnqueueArgs, source: &str) -> Res
         anyhow::Error::new(f.error).context(what)
     })?;
     let secs = started.elapsed().as_secs_f64();
+    // Counted under the default queue of the batch (lines may name others).
+    let mut telemetry = CliTelemetry::from_env();
+    telemetry.hooks().event(&TelemetryEvent::Sent {
+        queue: &args.queue,
+        count: summary.enqueued,
+    });
+    telemetry.finish().await;
     if args.json {
         write_stdout(&format!("{}\n", serde_json::to_string(&summary)?))?;
     }

@@ -100,6 +100,9 @@ impl CliTelemetry {
                         humantime::format_duration(limit)
                     )),
                 }
+                if let Err(e) = otel.shutdown_metrics(limit).await {
+                    warn(&e);
+                }
             }
         }
     }

@@ -35,14 +35,37 @@ pub fn otlp_timeout() -> std::time::Duration {
 /// The traces endpoint the OTLP exporter uses, for messages: without any user
 /// information an URL may carry.
 pub fn otlp_endpoint_for_display() -> String {
-    let var = otlp_var;
-    let url = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    signal_endpoint("TRACES", "traces")
+}
+
+/// The endpoint of one signal (`TRACES`/`traces`, `METRICS`/`metrics`), as the OTLP
+/// exporter resolves it, without user information.
+pub(crate) fn signal_endpoint(var_part: &str, path: &str) -> String {
+    let url = otlp_var(&format!("OTEL_EXPORTER_OTLP_{var_part}_ENDPOINT"))
         .or_else(|| {
-            var("OTEL_EXPORTER_OTLP_ENDPOINT")
-                .map(|base| format!("{}/v1/traces", base.trim_end_matches('/')))
+            otlp_var("OTEL_EXPORTER_OTLP_ENDPOINT")
+                .map(|base| format!("{}/v1/{path}", base.trim_end_matches('/')))
         })
-        .unwrap_or_else(|| "http://localhost:4318/v1/traces".to_string());
+        .unwrap_or_else(|| format!("http://localhost:4318/v1/{path}"));
     without_userinfo(&url)
+}
+
+/// An HTTP client for an OTLP endpoint: pgc's rustls configuration for `https://`
+/// (system roots, or `OTEL_EXPORTER_OTLP_[<SIGNAL>_]CERTIFICATE`) and the export timeout.
+pub(crate) fn otlp_http_client(endpoint: &str, var_part: &str) -> Result<reqwest::Client, String> {
+    let tls = if endpoint.to_ascii_lowercase().starts_with("https://") {
+        let ca = otlp_var(&format!("OTEL_EXPORTER_OTLP_{var_part}_CERTIFICATE"))
+            .or_else(|| otlp_var("OTEL_EXPORTER_OTLP_CERTIFICATE"));
+        crate::db::https_client_config(ca.as_deref().map(std::path::Path::new))
+    } else {
+        crate::db::no_roots_client_config()
+    }
+    .map_err(|e| format!("cannot set up TLS for {endpoint}: {e}"))?;
+    reqwest::Client::builder()
+        .timeout(otlp_timeout())
+        .use_preconfigured_tls(tls)
+        .build()
+        .map_err(|e| format!("cannot set up an HTTP client for {endpoint}: {e}"))
 }
 
 /// `scheme://user:password@host/path` → `scheme://host/path`.
@@ -66,19 +89,7 @@ fn without_userinfo(url: &str) -> String {
 pub fn otlp_span_exporter() -> Result<(opentelemetry_otlp::SpanExporter, String), String> {
     use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
     let endpoint = otlp_endpoint_for_display();
-    let tls = if endpoint.to_ascii_lowercase().starts_with("https://") {
-        let ca = otlp_var("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE")
-            .or_else(|| otlp_var("OTEL_EXPORTER_OTLP_CERTIFICATE"));
-        crate::db::https_client_config(ca.as_deref().map(std::path::Path::new))
-    } else {
-        crate::db::no_roots_client_config()
-    }
-    .map_err(|e| format!("cannot set up TLS for {endpoint}: {e}"))?;
-    let http = reqwest::Client::builder()
-        .timeout(otlp_timeout())
-        .use_preconfigured_tls(tls)
-        .build()
-        .map_err(|e| format!("cannot set up an HTTP client for {endpoint}: {e}"))?;
+    let http = otlp_http_client(&endpoint, "TRACES")?;
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_http_client(http)
@@ -102,6 +113,9 @@ enum Sink {
 /// spans wait; more are dropped and counted, so that a slow collector costs memory
 /// never beyond that.
 pub struct OtelTelemetry {
+    /// Some span exporter is configured.
+    traced: bool,
+    metrics: Option<super::metrics::Metrics>,
     sinks: tokio::sync::Mutex<Vec<Sink>>,
     pending: Mutex<Vec<SpanData>>,
     dropped: std::sync::atomic::AtomicU64,
@@ -162,10 +176,10 @@ impl OtelTelemetry {
             }
             None => Vec::new(),
         };
-        if names.iter().any(|n| n == "none") {
-            return (None, warnings);
-        }
         let mut names = names;
+        if names.iter().any(|n| n == "none") {
+            names.clear();
+        }
         let mut seen = std::collections::HashSet::new();
         names.retain(|n| seen.insert(n.clone()));
         let protocol = otlp_var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
@@ -179,6 +193,7 @@ impl OtelTelemetry {
         }
         let (resource, resource_warning) = Resource::from_env();
         warnings.extend(resource_warning);
+        let metrics = super::metrics::Metrics::from_env(&resource, &mut warnings);
         let mut sinks = Vec::new();
         for name in &names {
             match name.as_str() {
@@ -195,10 +210,12 @@ impl OtelTelemetry {
                 )),
             }
         }
-        if sinks.is_empty() {
+        if sinks.is_empty() && metrics.is_none() {
             return (None, warnings);
         }
         let telemetry = OtelTelemetry {
+            traced: !sinks.is_empty(),
+            metrics,
             sinks: tokio::sync::Mutex::new(sinks),
             pending: Mutex::new(Vec::new()),
             dropped: std::sync::atomic::AtomicU64::new(0),
@@ -206,6 +223,14 @@ impl OtelTelemetry {
             limits: Limits::from_env(),
         };
         (Some(telemetry), warnings)
+    }
+
+    /// Exports the last metrics and stops the meter provider, within `limit`.
+    pub async fn shutdown_metrics(&self, limit: std::time::Duration) -> Result<(), String> {
+        match &self.metrics {
+            Some(m) => m.shutdown(limit).await,
+            None => Ok(()),
+        }
     }
 
     /// Exports on a schedule until `stop` is cancelled (then the caller flushes once
@@ -307,10 +332,22 @@ impl OtelTelemetry {
 
 impl Telemetry for OtelTelemetry {
     fn span(&self, trace_id: &str, span: &Span) {
-        self.record(to_span_data(trace_id, Utc::now(), span));
+        if self.traced {
+            self.record(to_span_data(trace_id, Utc::now(), span));
+        }
+    }
+
+    fn wants_spans(&self) -> bool {
+        self.traced
     }
 
     fn event(&self, event: &TelemetryEvent<'_>) {
+        if let Some(m) = &self.metrics {
+            m.record(event);
+        }
+        if !self.traced {
+            return;
+        }
         // The worker's own operations as spans of their own (a trace per operation).
         let (name, duration, attributes) = match *event {
             TelemetryEvent::Fetch {

@@ -32,6 +32,7 @@ async fn enqueue_exports_its_producer_span_with_the_stored_ids() {
         db.pgc()
             .env("TRACEPARENT", CALLER)
             .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+            .env("OTEL_METRICS_EXPORTER", "none")
             .env("OTEL_SERVICE_NAME", "ci"),
         &["enqueue", "deploy", "--queue", "ci"],
     );
@@ -82,11 +83,13 @@ async fn nothing_is_exported_when_disabled_or_set_to_none() {
     let (endpoint, got) = receiver();
     for (key, value) in [
         ("OTEL_SDK_DISABLED", "true"),
+        ("OTEL_SDK_DISABLED", "TRUE"),
         ("OTEL_TRACES_EXPORTER", "none"),
     ] {
         let out = run(
             db.pgc()
                 .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+                .env("OTEL_METRICS_EXPORTER", "none")
                 .env(key, value),
             &["enqueue", "t"],
         );
@@ -150,7 +153,8 @@ async fn a_worked_trace_exported_live_agrees_span_for_span_with_its_rebuild() {
     let (endpoint, got) = receiver();
     let pgc = env!("CARGO_BIN_EXE_pgc");
     let with_otel = |cmd: &mut std::process::Command| {
-        cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint);
+        cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+            .env("OTEL_METRICS_EXPORTER", "none");
     };
     let mut enqueue = db.pgc();
     with_otel(enqueue.env("TRACEPARENT", CALLER));
@@ -269,8 +273,13 @@ async fn a_collector_that_never_answers_costs_a_warning_not_the_work() {
     let out = run(&mut enqueue, &["enqueue", "t"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let id = Uuid::parse_str(out.stdout.trim()).unwrap();
-    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
-    assert!(out.stderr.starts_with("pgc: warning: "), "{}", out.stderr);
+    // A warning per signal (spans, metrics), nothing else.
+    assert!(
+        out.stderr.lines().all(|l| l.starts_with("pgc: warning: ")),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("/v1/traces"), "{}", out.stderr);
     let mut work = db.pgc();
     silent(&mut work);
     let out = run(&mut work, &["work", "--until-empty", "--", "true"]);
@@ -403,5 +412,72 @@ async fn the_in_process_worker_calls_every_hook_with_the_stored_ids() {
             assert_eq!(span.span_id, earlier);
             assert_eq!(span.status_message.as_deref(), Some("first time"));
         }
+    }
+}
+
+#[tokio::test]
+async fn metrics_reach_a_real_receiver_with_the_final_export() {
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    let db = TestDb::migrated().await;
+    let (endpoint, got) = receiver();
+    let with_otel = |cmd: &mut std::process::Command| {
+        // Traces off: only metrics, exported once at exit (the interval is an hour).
+        cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+            .env("OTEL_TRACES_EXPORTER", "none")
+            .env("OTEL_METRIC_EXPORT_INTERVAL", "3600000");
+    };
+    for task in ["ok", "flaky"] {
+        let mut cmd = db.pgc();
+        with_otel(&mut cmd);
+        let out = run(&mut cmd, &["enqueue", task]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+    }
+    let mut work = db.pgc();
+    with_otel(&mut work);
+    let out = run(
+        &mut work,
+        &[
+            "work",
+            "--until-empty",
+            "--retry-delay",
+            "10ms",
+            "--handler",
+            "ok=true",
+            "--handler",
+            r#"flaky=[ "$PGC_ATTEMPT" -ge 2 ] || exit 1"#,
+        ],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let got = got.lock().unwrap();
+    assert!(
+        got.iter().all(|(path, _, _)| path == "/v1/metrics"),
+        "no spans were asked for"
+    );
+    let mut names = std::collections::BTreeSet::new();
+    for (_, _, body) in got.iter() {
+        let request = ExportMetricsServiceRequest::decode(body.as_slice()).unwrap();
+        for m in request
+            .resource_metrics
+            .iter()
+            .flat_map(|r| &r.scope_metrics)
+            .flat_map(|s| &s.metrics)
+        {
+            names.insert(m.name.clone());
+        }
+    }
+    for expected in [
+        "messaging.client.sent.messages",
+        "messaging.client.consumed.messages",
+        "messaging.process.duration",
+        "pgconductor.worker.fetch.duration",
+        "pgconductor.worker.fetch.count",
+        "pgconductor.worker.flush.duration",
+        "pgconductor.worker.flush.count",
+        "pgconductor.task.duration",
+        "pgconductor.task.attempts",
+        "pgconductor.task.retry.delay",
+        "pgconductor.db.query.duration",
+    ] {
+        assert!(names.contains(expected), "{expected} in {names:?}");
     }
 }

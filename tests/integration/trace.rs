@@ -463,9 +463,11 @@ pub(crate) fn receiver() -> (String, Received) {
     let got: Received = Arc::default();
     let store = Arc::clone(&got);
     std::thread::spawn(move || {
+        // A thread per connection: clients keep theirs open, as with a real collector.
         for stream in listener.incoming() {
             let Ok(stream) = stream else { continue };
-            serve(stream, &store);
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || serve(stream, &store));
         }
     });
     (addr, got)

@@ -1,0 +1,277 @@
+//! Live metrics (the `otel` feature): the seed's instruments and the messaging ones,
+//! recorded from the telemetry events and exported over OTLP/HTTP by the SDK's periodic
+//! reader every `OTEL_METRIC_EXPORT_INTERVAL`, and once more at shutdown.
+
+use std::time::Duration;
+
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{Counter, Histogram, MeterProvider as _};
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::metrics::data::ResourceMetrics;
+use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
+use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider, Temporality};
+
+use super::TelemetryEvent;
+use super::otel::{otlp_http_client, otlp_var, signal_endpoint};
+use crate::trace::Resource;
+
+/// The periodic reader runs exports on a thread of its own, outside the async runtime
+/// that pgc's HTTP client needs: this hands each export to that runtime.
+struct OnRuntime {
+    inner: opentelemetry_otlp::MetricExporter,
+    runtime: tokio::runtime::Handle,
+}
+
+impl PushMetricExporter for OnRuntime {
+    fn export(
+        &self,
+        metrics: &ResourceMetrics,
+    ) -> impl std::future::Future<Output = OTelSdkResult> + Send {
+        // The reader's thread is not a runtime thread, so it may wait here; the runtime's
+        // own thread keeps driving the connection meanwhile.
+        let result = self.runtime.block_on(self.inner.export(metrics));
+        async move { result }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn temporality(&self) -> Temporality {
+        self.inner.temporality()
+    }
+}
+
+/// The instruments, and the provider that exports them.
+pub struct Metrics {
+    provider: SdkMeterProvider,
+    endpoint: String,
+    fetch_duration: Histogram<f64>,
+    fetch_count: Counter<u64>,
+    flush_duration: Histogram<f64>,
+    flush_count: Counter<u64>,
+    task_duration: Histogram<f64>,
+    task_attempts: Counter<u64>,
+    retry_delay: Histogram<f64>,
+    db_duration: Histogram<f64>,
+    db_retries: Counter<u64>,
+    process_duration: Histogram<f64>,
+    consumed: Counter<u64>,
+    sent: Counter<u64>,
+}
+
+impl Metrics {
+    /// The metrics `OTEL_METRICS_EXPORTER` asks for (`otlp`; `none`; unset: `otlp` when an
+    /// OTLP endpoint variable is set), or `None`. Must run inside the async runtime.
+    pub fn from_env(resource: &Resource, warnings: &mut Vec<String>) -> Option<Metrics> {
+        let names: Vec<String> = match otlp_var("OTEL_METRICS_EXPORTER") {
+            Some(list) => list
+                .split(',')
+                .map(|n| n.trim().to_ascii_lowercase())
+                .filter(|n| !n.is_empty())
+                .collect(),
+            None if otlp_var("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT").is_some()
+                || otlp_var("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() =>
+            {
+                vec!["otlp".to_string()]
+            }
+            None => Vec::new(),
+        };
+        if names.iter().any(|n| n == "none") || !names.iter().any(|n| n == "otlp") {
+            for other in names.iter().filter(|n| *n != "otlp" && *n != "none") {
+                warnings.push(format!(
+                    "OTEL_METRICS_EXPORTER: {other:?} is not supported (pgc exports metrics with otlp)"
+                ));
+            }
+            return None;
+        }
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        let endpoint = signal_endpoint("METRICS", "metrics");
+        let exporter = otlp_http_client(&endpoint, "METRICS").and_then(|http| {
+            use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
+            opentelemetry_otlp::MetricExporter::builder()
+                .with_http()
+                .with_http_client(http)
+                .with_protocol(Protocol::HttpBinary)
+                .build()
+                .map_err(|e| format!("cannot set up the OTLP metric exporter for {endpoint}: {e}"))
+        });
+        let exporter = match exporter {
+            Ok(e) => e,
+            Err(e) => {
+                warnings.push(format!("metrics are not exported: {e}"));
+                return None;
+            }
+        };
+        let interval = otlp_var("OTEL_METRIC_EXPORT_INTERVAL")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|ms| *ms > 0)
+            .map_or(Duration::from_secs(60), Duration::from_millis);
+        let reader = PeriodicReader::builder(OnRuntime {
+            inner: exporter,
+            runtime,
+        })
+        .with_interval(interval)
+        .build();
+        let provider = SdkMeterProvider::builder()
+            .with_reader(reader)
+            .with_resource(resource.to_sdk())
+            .build();
+        let meter = provider.meter("pgc");
+        let seconds = |name: &'static str, what: &'static str| {
+            meter
+                .f64_histogram(name)
+                .with_unit("s")
+                .with_description(what)
+                .build()
+        };
+        let count = |name: &'static str, unit: &'static str, what: &'static str| {
+            meter
+                .u64_counter(name)
+                .with_unit(unit)
+                .with_description(what)
+                .build()
+        };
+        Some(Metrics {
+            fetch_duration: seconds("pgconductor.worker.fetch.duration", "How long a claim took"),
+            fetch_count: count(
+                "pgconductor.worker.fetch.count",
+                "{execution}",
+                "Executions claimed",
+            ),
+            flush_duration: seconds(
+                "pgconductor.worker.flush.duration",
+                "How long settling a batch of attempts took",
+            ),
+            flush_count: count(
+                "pgconductor.worker.flush.count",
+                "{attempt}",
+                "Attempts settled",
+            ),
+            task_duration: seconds("pgconductor.task.duration", "How long a handler ran"),
+            task_attempts: count(
+                "pgconductor.task.attempts",
+                "{attempt}",
+                "Attempts settled, by outcome",
+            ),
+            retry_delay: seconds(
+                "pgconductor.task.retry.delay",
+                "The backoff before a failed attempt runs again",
+            ),
+            db_duration: seconds(
+                "pgconductor.db.query.duration",
+                "How long a worker statement took",
+            ),
+            db_retries: count(
+                "pgconductor.db.query.retries",
+                "{retry}",
+                "Statements run again after a failure",
+            ),
+            process_duration: seconds(
+                "messaging.process.duration",
+                "Duration of processing operation",
+            ),
+            consumed: count(
+                "messaging.client.consumed.messages",
+                "{message}",
+                "Number of messages that were delivered to the application",
+            ),
+            sent: count(
+                "messaging.client.sent.messages",
+                "{message}",
+                "Number of messages producer attempted to send to the broker",
+            ),
+            provider,
+            endpoint,
+        })
+    }
+
+    /// Records one event.
+    pub fn record(&self, event: &TelemetryEvent<'_>) {
+        let system = KeyValue::new("messaging.system", "pgconductor");
+        match *event {
+            TelemetryEvent::Fetch {
+                queues,
+                count,
+                duration,
+            } => {
+                let queue = KeyValue::new("messaging.destination.name", queues.join(","));
+                let attrs = [system, queue];
+                self.fetch_duration.record(duration.as_secs_f64(), &attrs);
+                self.fetch_count.add(count as u64, &attrs);
+                self.consumed.add(count as u64, &attrs);
+            }
+            TelemetryEvent::Flush { count, duration } => {
+                self.flush_duration.record(duration.as_secs_f64(), &[]);
+                self.flush_count.add(count as u64, &[]);
+            }
+            TelemetryEvent::Execution {
+                queue,
+                task,
+                duration,
+                status,
+                retry_in,
+                ..
+            } => {
+                let mut attrs = vec![
+                    system,
+                    KeyValue::new("messaging.destination.name", queue.to_string()),
+                    KeyValue::new("messaging.operation.name", "process"),
+                    KeyValue::new("pgconductor.task", task.to_string()),
+                    KeyValue::new("pgconductor.status", status.to_string()),
+                ];
+                if !matches!(status, "completed" | "released") {
+                    attrs.push(KeyValue::new("error.type", status.to_string()));
+                }
+                self.task_duration.record(duration.as_secs_f64(), &attrs);
+                self.process_duration.record(duration.as_secs_f64(), &attrs);
+                self.task_attempts.add(1, &attrs);
+                if let Some(delay) = retry_in {
+                    self.retry_delay.record(delay.as_secs_f64(), &attrs[..4]);
+                }
+            }
+            TelemetryEvent::DbQuery {
+                label,
+                duration,
+                retries,
+            } => {
+                let attrs = [KeyValue::new("db.operation.name", label.to_string())];
+                self.db_duration.record(duration.as_secs_f64(), &attrs);
+                if retries > 0 {
+                    self.db_retries.add(u64::from(retries), &attrs);
+                }
+            }
+            TelemetryEvent::Sent { queue, count } => {
+                self.sent.add(
+                    count,
+                    &[
+                        system,
+                        KeyValue::new("messaging.destination.name", queue.to_string()),
+                        KeyValue::new("messaging.operation.name", "send"),
+                    ],
+                );
+            }
+        }
+    }
+
+    /// Exports what was recorded and stops, within `limit`.
+    pub async fn shutdown(&self, limit: Duration) -> Result<(), String> {
+        let provider = self.provider.clone();
+        let endpoint = self.endpoint.clone();
+        // The final export waits on this thread's runtime: run it from a blocking thread.
+        let done = tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(limit));
+        match tokio::time::timeout(limit + Duration::from_secs(1), done).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(format!("exporting metrics to {endpoint} failed: {e}")),
+            Ok(Err(e)) => Err(format!("exporting metrics failed: {e}")),
+            Err(_) => Err(format!(
+                "metrics not exported: {endpoint} did not answer within {}",
+                humantime::format_duration(limit)
+            )),
+        }
+    }
+}
