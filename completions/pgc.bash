@@ -83,7 +83,7 @@ _pgc() {
 
     case "${cmd}" in
         pgc)
-            opts="-h -V --database-url --help --version migrate enqueue work step cancel trace bench completions man help"
+            opts="-h -V --database-url --log-format --help --version migrate enqueue work step cancel trace bench completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -91,6 +91,10 @@ _pgc() {
             case "${prev}" in
                 --database-url)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -101,7 +105,7 @@ _pgc() {
             return 0
             ;;
         pgc__subcmd__bench)
-            opts="-h -V --jobs --concurrency --latency-samples --json --database-url --help --version"
+            opts="-h -V --jobs --concurrency --latency-samples --json --database-url --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -123,6 +127,10 @@ _pgc() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -131,7 +139,7 @@ _pgc() {
             return 0
             ;;
         pgc__subcmd__cancel)
-            opts="-h -V --wait --database-url --help --version"
+            opts="-h -V --wait --database-url --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -145,6 +153,10 @@ _pgc() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -153,7 +165,7 @@ _pgc() {
             return 0
             ;;
         pgc__subcmd__completions)
-            opts="-h -V --database-url --help --version bash elvish fish powershell zsh"
+            opts="-h -V --database-url --log-format --help --version bash elvish fish powershell zsh"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -161,6 +173,10 @@ _pgc() {
             case "${prev}" in
                 --database-url)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -171,7 +187,7 @@ _pgc() {
             return 0
             ;;
         pgc__subcmd__enqueue)
-            opts="-q -p -h -V --queue --payload --run-at --delay --priority --max-attempts --dedupe-key --traceparent --tracestate --json --wait --wait-timeout --batch --commit-every --database-url --help --version"
+            opts="-q -p -h -V --queue --payload --run-at --delay --priority --max-attempts --dedupe-key --traceparent --tracestate --json --wait --wait-timeout --batch --commit-every --database-url --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -235,6 +251,10 @@ _pgc() {
                     ;;
                 --database-url)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -399,7 +419,7 @@ _pgc() {
             return 0
             ;;
         pgc__subcmd__man)
-            opts="-h -V --dir --database-url --help --version"
+            opts="-h -V --dir --database-url --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -413,6 +433,10 @@ _pgc() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -421,7 +445,7 @@ _pgc() {
             return 0
             ;;
         pgc__subcmd__migrate)
-            opts="-h -V --status --dry-run --json --database-url --help --version"
+            opts="-h -V --status --dry-run --json --database-url --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -429,6 +453,10 @@ _pgc() {
             case "${prev}" in
                 --database-url)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -439,7 +467,7 @@ _pgc() {
             return 0
             ;;
         pgc__subcmd__step)
-            opts="-h -V --database-url --help --version"
+            opts="-h -V --database-url --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -447,6 +475,10 @@ _pgc() {
             case "${prev}" in
                 --database-url)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -457,7 +489,7 @@ _pgc() {
             return 0
             ;;
         pgc__subcmd__trace)
-            opts="-h -V --trace-id --format --export --database-url --help --version"
+            opts="-h -V --trace-id --format --export --database-url --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -479,6 +511,10 @@ _pgc() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -487,7 +523,7 @@ _pgc() {
             return 0
             ;;
         pgc__subcmd__work)
-            opts="-q -c -v -h -V --queue --concurrency --handler --timeout --kill-grace --retry-delay --lease --poll-interval --shutdown-timeout --prefetch --until-empty --verbose --database-url --help --version"
+            opts="-q -c -v -h -V --queue --concurrency --handler --timeout --kill-grace --retry-delay --lease --poll-interval --shutdown-timeout --prefetch --until-empty --verbose --database-url --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -543,6 +579,10 @@ _pgc() {
                     ;;
                 --database-url)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
                     return 0
                     ;;
                 *)

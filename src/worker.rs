@@ -180,6 +180,8 @@ pub enum Event {
         attempt: i32,
         /// How long the handler ran.
         duration: Duration,
+        /// The attempt's W3C `traceparent` (its span), for logs that join traces.
+        traceparent: Option<String>,
     },
     /// An attempt failed.
     Failed {
@@ -193,6 +195,8 @@ pub enum Event {
         error: String,
         /// When it runs again; `None` when it was the last attempt.
         retry_in: Option<Duration>,
+        /// The attempt's W3C `traceparent` (its span), for logs that join traces.
+        traceparent: Option<String>,
     },
     /// An attempt was given back without using it.
     Released {
@@ -202,6 +206,8 @@ pub enum Event {
         task: String,
         /// Why.
         reason: String,
+        /// The attempt's W3C `traceparent` (its span), for logs that join traces.
+        traceparent: Option<String>,
     },
     /// Stopped and finished as cancelled (`pgc cancel`).
     Cancelled {
@@ -209,6 +215,8 @@ pub enum Event {
         id: Uuid,
         /// Task name.
         task: String,
+        /// The attempt's W3C `traceparent` (its span), for logs that join traces.
+        traceparent: Option<String>,
     },
     /// The lease was taken over; the attempt's result was discarded.
     LeaseLost {
@@ -216,6 +224,8 @@ pub enum Event {
         id: Uuid,
         /// Task name.
         task: String,
+        /// The attempt's W3C `traceparent` (its span), for logs that join traces.
+        traceparent: Option<String>,
     },
     /// An execution of a dead worker was recovered.
     Reaped {
@@ -325,6 +335,7 @@ struct InFlight {
     attempt: i32,
     stop: CancellationToken,
     meta: Option<Arc<AttemptMeta>>,
+    traceparent: Arc<str>,
 }
 
 struct Done {
@@ -336,8 +347,11 @@ struct Done {
     attempt: i32,
     duration: Duration,
     outcome: Outcome,
-    /// For the attempt's span; `None` for an execution that was never started.
+    /// For the attempt's span; `None` for an execution that was never started or when
+    /// no telemetry is configured.
     meta: Option<Arc<AttemptMeta>>,
+    /// The attempt's `traceparent`, as the handler got it.
+    traceparent: Option<Arc<str>>,
 }
 
 /// What the live span of an attempt needs besides its outcome.
@@ -797,6 +811,7 @@ pub async fn run(
                                 duration: Duration::ZERO,
                                 outcome: Outcome::Failed(format!("handler panicked: {e}")),
                                 meta: f.meta.clone(),
+                                traceparent: Some(f.traceparent.clone()),
                             }
                         }
                     };
@@ -839,6 +854,7 @@ pub async fn run(
                                     duration: Duration::ZERO,
                                     outcome: Outcome::Stopped,
                                     meta: None,
+                                    traceparent: None,
                                 });
                             }
                         }
@@ -1082,6 +1098,7 @@ fn start(
     let span: String = row.try_get(8)?;
     let parent_execution_id: Option<Uuid> = row.try_get(9)?;
     let (traceparent, tracestate) = attempt_context(trace_context.as_ref(), &span);
+    let attempt_tp: Arc<str> = Arc::from(traceparent.as_str());
     let meta = traced.then(|| {
         Arc::new(AttemptMeta {
             queue: queue.clone(),
@@ -1106,6 +1123,7 @@ fn start(
     let token = stop.clone();
     let task_name = task.clone();
     let done_meta = meta.clone();
+    let done_tp = attempt_tp.clone();
     let spawned = joins.spawn(async move {
         let started = Instant::now();
         let outcome = match handler {
@@ -1123,6 +1141,7 @@ fn start(
             duration: started.elapsed(),
             outcome,
             meta: done_meta,
+            traceparent: Some(done_tp),
         }
     });
     Ok((
@@ -1133,6 +1152,7 @@ fn start(
             attempt,
             stop,
             meta,
+            traceparent: attempt_tp,
         },
     ))
 }
@@ -1267,6 +1287,7 @@ async fn settle_all(
                 events(Event::Completed {
                     id,
                     task: d.task.clone(),
+                    traceparent: d.traceparent.as_deref().map(str::to_string),
                     attempt: d.attempt,
                     duration: d.duration,
                 });
@@ -1297,6 +1318,7 @@ async fn settle_all(
                 events(Event::Cancelled {
                     id,
                     task: d.task.clone(),
+                    traceparent: d.traceparent.as_deref().map(str::to_string),
                 });
                 continue;
             }
@@ -1322,6 +1344,7 @@ async fn settle_all(
             events(Event::Failed {
                 id,
                 task: d.task.clone(),
+                traceparent: d.traceparent.as_deref().map(str::to_string),
                 attempt: d.attempt,
                 error,
                 retry_in,
@@ -1346,6 +1369,7 @@ async fn settle_all(
                     events(Event::Cancelled {
                         id,
                         task: d.task.clone(),
+                        traceparent: d.traceparent.as_deref().map(str::to_string),
                     });
                 }
                 continue;
@@ -1364,6 +1388,7 @@ async fn settle_all(
                 events(Event::Released {
                     id,
                     task: d.task.clone(),
+                    traceparent: d.traceparent.as_deref().map(str::to_string),
                     reason,
                 });
             }
@@ -1386,6 +1411,7 @@ async fn settle_all(
                 events(Event::Cancelled {
                     id,
                     task: d.task.clone(),
+                    traceparent: d.traceparent.as_deref().map(str::to_string),
                 });
             }
         }
@@ -1430,6 +1456,7 @@ async fn settle_all(
         events(Event::LeaseLost {
             id: d.id,
             task: d.task.clone(),
+            traceparent: d.traceparent.as_deref().map(str::to_string),
         });
     }
     buf.clear();

@@ -50,6 +50,27 @@ pub struct GlobalArgs {
         value_name = "URL"
     )]
     pub database_url: Option<String>,
+
+    /// pgc's own lines on stderr: `text`, or `json` (one object per line with time,
+    /// level, message and, for an execution's lines, its trace_id and span_id).
+    #[arg(
+        long,
+        global = true,
+        env = "PGC_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        value_name = "FORMAT"
+    )]
+    pub log_format: LogFormat,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// `pgc: …` lines.
+    Text,
+    /// JSON lines.
+    Json,
 }
 
 impl GlobalArgs {
@@ -93,6 +114,7 @@ pub fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(&e),
     };
+    output::set_json_logs(cli.global.log_format == LogFormat::Json);
     let outcome = match cli.command {
         Command::Completions(args) => docs::completions(&args),
         Command::Man(args) => docs::man(&args),

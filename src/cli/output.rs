@@ -38,19 +38,98 @@ pub fn write_stdout_json<T: serde::Serialize>(value: &T, pretty: bool) -> anyhow
     }
 }
 
+/// `--log-format json`: pgc's own lines on stderr are JSON objects.
+static JSON_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Switches pgc's own stderr lines to JSON (`--log-format json`).
+pub fn set_json_logs(on: bool) {
+    JSON_LOGS.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether pgc's own stderr lines are JSON.
+pub fn json_logs() -> bool {
+    JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// What a log line is about: with a `traceparent`, a JSON line carries its `trace_id`
+/// and `span_id`, so logs join traces.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LogContext<'a> {
+    /// The execution.
+    pub execution_id: Option<uuid::Uuid>,
+    /// Its task.
+    pub task: Option<&'a str>,
+    /// The attempt.
+    pub attempt: Option<i32>,
+    /// The W3C context of the span the line was written in.
+    pub traceparent: Option<&'a str>,
+}
+
+/// Writes one line of pgc's own on stderr: `pgc: <prefix><text>`, or with
+/// `--log-format json` an object with `time`, `level`, `message` and the context.
+pub fn log_line(level: &str, text: &str, ctx: &LogContext<'_>) {
+    let text = text.replace('\n', " ");
+    if !json_logs() {
+        let prefix = match level {
+            "warn" => "warning: ",
+            "error" => "error: ",
+            _ => "",
+        };
+        eprintln!("pgc: {prefix}{text}");
+        return;
+    }
+    eprintln!("{}", json_line(level, &text, ctx));
+}
+
+/// One JSON log line (see [`log_line`]).
+pub fn json_line(level: &str, text: &str, ctx: &LogContext<'_>) -> String {
+    let mut line = serde_json::Map::new();
+    line.insert(
+        "time".into(),
+        chrono::Utc::now()
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+            .into(),
+    );
+    line.insert("level".into(), level.into());
+    line.insert("message".into(), text.into());
+    if let Some((trace_id, span_id)) = ctx.traceparent.and_then(trace_and_span) {
+        line.insert("trace_id".into(), trace_id.into());
+        line.insert("span_id".into(), span_id.into());
+    }
+    if let Some(id) = ctx.execution_id {
+        line.insert("execution_id".into(), id.to_string().into());
+    }
+    if let Some(task) = ctx.task {
+        line.insert("task".into(), task.into());
+    }
+    if let Some(attempt) = ctx.attempt {
+        line.insert("attempt".into(), attempt.into());
+    }
+    serde_json::Value::Object(line).to_string()
+}
+
+/// The trace id and span id of a version-00 `traceparent`.
+fn trace_and_span(tp: &str) -> Option<(&str, &str)> {
+    let mut parts = tp.split('-');
+    let _version = parts.next()?;
+    let trace = parts.next().filter(|t| t.len() == 32)?;
+    let span = parts.next().filter(|s| s.len() == 16)?;
+    Some((trace, span))
+}
+
 /// Prints `pgc: warning: …` on stderr.
 pub fn warn(text: &str) {
-    eprintln!("pgc: warning: {text}");
+    log_line("warn", text, &LogContext::default());
 }
 
 /// Prints `pgc: …` on stderr (information, not data).
 pub fn info(text: &str) {
-    eprintln!("pgc: {text}");
+    log_line("info", text, &LogContext::default());
 }
 
 /// Prints `pgc: error: …` on stderr.
 pub fn error_line(text: &str) {
-    eprintln!("pgc: error: {}", text.replace('\n', " "));
+    log_line("error", text, &LogContext::default());
 }
 
 /// True when the error is stdout's reader having gone away.

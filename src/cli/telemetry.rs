@@ -96,7 +96,8 @@ impl CliTelemetry {
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => warn(&e),
                     Err(_) => warn(&format!(
-                        "spans not exported: the collector did not answer within {}",
+                        "spans not exported: {} did not answer within {}",
+                        otel.destinations(),
                         humantime::format_duration(limit)
                     )),
                 }

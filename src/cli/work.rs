@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::output::{info, warn};
+use super::output::{LogContext, info, json_logs, log_line, warn};
 use super::telemetry::CliTelemetry;
 use super::{GlobalArgs, parse_duration};
 use crate::enqueue::validate_name;
@@ -131,7 +131,8 @@ pub async fn run(global: &GlobalArgs, args: WorkArgs) -> Result<ExitCode> {
             CommandHandler::new(program)
                 .env(env.clone())
                 .timeout(args.timeout)
-                .kill_grace(args.kill_grace),
+                .kill_grace(args.kill_grace)
+                .json_lines(json_logs()),
         )
     };
     let mut handlers = Handlers::new();
@@ -197,7 +198,13 @@ pub async fn run(global: &GlobalArgs, args: WorkArgs) -> Result<ExitCode> {
         ));
         if !report.failed.is_empty() {
             for f in &report.failed {
-                eprintln!("pgc: failed: {} {}: {}", f.task, f.id, first_line(&f.error));
+                let ctx = LogContext {
+                    execution_id: Some(f.id),
+                    task: Some(&f.task),
+                    ..LogContext::default()
+                };
+                let text = format!("failed: {} {}: {}", f.task, f.id, first_line(&f.error));
+                log_line("info", &text, &ctx);
             }
             return Ok(ExitCode::from(1));
         }
@@ -227,6 +234,7 @@ fn log_event(e: &Event, verbose: bool, bar: &ProgressBar, done: &AtomicU64) {
             task,
             attempt,
             duration,
+            ..
         } => {
             let n = done.fetch_add(1, Ordering::Relaxed) + 1;
             bar.set_message(format!("{n} finished"));
@@ -244,6 +252,7 @@ fn log_event(e: &Event, verbose: bool, bar: &ProgressBar, done: &AtomicU64) {
             attempt,
             error,
             retry_in,
+            ..
         } => {
             let what = match retry_in {
                 Some(d) => format!("retrying in {}", humantime::format_duration(round(*d))),
@@ -259,17 +268,19 @@ fn log_event(e: &Event, verbose: bool, bar: &ProgressBar, done: &AtomicU64) {
                 first_line(error)
             ))
         }
-        Event::Released { id, task, reason } => Some(format!(
+        Event::Released {
+            id, task, reason, ..
+        } => Some(format!(
             "{task} {} released: {}",
             short(id),
             first_line(reason)
         )),
-        Event::Cancelled { id, task } => {
+        Event::Cancelled { id, task, .. } => {
             let n = done.fetch_add(1, Ordering::Relaxed) + 1;
             bar.set_message(format!("{n} finished"));
             Some(format!("{task} {} cancelled", short(id)))
         }
-        Event::LeaseLost { id, task } => Some(format!(
+        Event::LeaseLost { id, task, .. } => Some(format!(
             "{task} {}: lease taken over by another worker; its result is discarded",
             short(id)
         )),
@@ -289,8 +300,52 @@ fn log_event(e: &Event, verbose: bool, bar: &ProgressBar, done: &AtomicU64) {
             "stopped with {unsettled} attempt(s) unsettled; their leases expire and another worker recovers them"
         )),
     };
+    // An execution's lines carry its ids (and, as JSON, its attempt's trace and span).
+    let ctx = match e {
+        Event::Completed {
+            id,
+            task,
+            attempt,
+            traceparent,
+            ..
+        }
+        | Event::Failed {
+            id,
+            task,
+            attempt,
+            traceparent,
+            ..
+        } => LogContext {
+            execution_id: Some(*id),
+            task: Some(task),
+            attempt: Some(*attempt),
+            traceparent: traceparent.as_deref(),
+        },
+        Event::Released {
+            id,
+            task,
+            traceparent,
+            ..
+        }
+        | Event::Cancelled {
+            id,
+            task,
+            traceparent,
+        }
+        | Event::LeaseLost {
+            id,
+            task,
+            traceparent,
+        } => LogContext {
+            execution_id: Some(*id),
+            task: Some(task),
+            attempt: None,
+            traceparent: traceparent.as_deref(),
+        },
+        _ => LogContext::default(),
+    };
     if let Some(line) = line {
-        bar.suspend(|| info(&line));
+        bar.suspend(|| log_line("info", &line, &ctx));
     }
 }
 

@@ -157,6 +157,7 @@ struct Config {
     kill_grace: Duration,
     prefix: fn(&Job) -> String,
     sink: Sink,
+    json: bool,
 }
 
 /// Runs each job as a process; see the [module documentation](self).
@@ -166,6 +167,23 @@ struct Config {
 #[derive(Debug, Clone)]
 pub struct CommandHandler {
     config: Arc<Config>,
+}
+
+/// The job's fields of a JSON passthrough line, each preceded by a comma.
+fn json_fields(job: &Job) -> String {
+    let mut fields = serde_json::Map::new();
+    fields.insert("execution_id".into(), job.execution_id.to_string().into());
+    fields.insert("task".into(), job.task.clone().into());
+    fields.insert("queue".into(), job.queue.clone().into());
+    fields.insert("attempt".into(), job.attempt.into());
+    let mut parts = job.traceparent.split('-').skip(1);
+    if let (Some(trace), Some(span)) = (parts.next(), parts.next()) {
+        fields.insert("trace_id".into(), trace.into());
+        fields.insert("span_id".into(), span.into());
+    }
+    let object = serde_json::Value::Object(fields).to_string();
+    // `{"a":1,"b":2}` → `,"a":1,"b":2`
+    format!(",{}", object.get(1..object.len() - 1).unwrap_or_default())
 }
 
 /// The default stderr prefix: `[<task> <first 8 characters of the execution id>] `.
@@ -187,6 +205,7 @@ impl CommandHandler {
                 kill_grace: DEFAULT_KILL_GRACE,
                 prefix: default_stderr_prefix,
                 sink: Sink::Stderr,
+                json: false,
             }),
         }
     }
@@ -220,6 +239,13 @@ impl CommandHandler {
     /// The text put before each passed-through stderr line, computed once per job.
     pub fn stderr_prefix(self, f: fn(&Job) -> String) -> Self {
         self.with(|c| c.prefix = f)
+    }
+
+    /// Passes stderr lines through as JSON objects (`time`, `level`, `message`,
+    /// `source: "handler"`, and the job's `execution_id`, `task`, `queue`, `attempt`,
+    /// `trace_id` and `span_id`, the attempt's span), instead of prefixed text.
+    pub fn json_lines(self, on: bool) -> Self {
+        self.with(|c| c.json = on)
     }
 
     /// Whether stderr lines are passed through to the worker's stderr (default `true`).
@@ -320,6 +346,7 @@ async fn execute(config: Arc<Config>, job: Job, stop: CancellationToken) -> Outc
     let stderr = child.stderr.take();
     let prefix = match config.sink {
         Sink::Off => String::new(),
+        _ if config.json => json_fields(&job),
         _ => (config.prefix)(&job),
     };
     let payload = job.payload.into_bytes();
@@ -327,6 +354,7 @@ async fn execute(config: Arc<Config>, job: Job, stop: CancellationToken) -> Outc
     let mut err = StderrState {
         prefix,
         sink: config.sink.clone(),
+        json: config.json,
         ..StderrState::default()
     };
 
@@ -501,8 +529,10 @@ async fn read_chunks(mut r: impl AsyncRead + Unpin, mut f: impl FnMut(&[u8])) {
 /// Stderr: the line being assembled for passthrough and the tail for `last_error`.
 #[derive(Default)]
 struct StderrState {
+    /// The text prefix, or with `json` the job's fields (`,"execution_id":…`).
     prefix: String,
     sink: Sink,
+    json: bool,
     line: Vec<u8>,
     line_truncated: bool,
     tail: Vec<u8>,
@@ -550,10 +580,28 @@ impl StderrState {
         }
         let text = String::from_utf8_lossy(line);
         let mut whole = String::with_capacity(self.prefix.len() + text.len() + 5);
-        whole.push_str(&self.prefix);
-        whole.push_str(&text);
-        if self.line_truncated {
-            whole.push('…');
+        if self.json {
+            let mut message = text.into_owned();
+            if self.line_truncated {
+                message.push('…');
+            }
+            whole.push_str("{\"time\":");
+            whole.push_str(
+                &serde_json::Value::from(
+                    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                )
+                .to_string(),
+            );
+            whole.push_str(",\"level\":\"info\",\"source\":\"handler\",\"message\":");
+            whole.push_str(&serde_json::Value::from(message).to_string());
+            whole.push_str(&self.prefix);
+            whole.push('}');
+        } else {
+            whole.push_str(&self.prefix);
+            whole.push_str(&text);
+            if self.line_truncated {
+                whole.push('…');
+            }
         }
         whole.push('\n');
         self.sink.write_line(whole.as_bytes());

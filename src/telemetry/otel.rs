@@ -115,6 +115,8 @@ enum Sink {
 pub struct OtelTelemetry {
     /// Some span exporter is configured.
     traced: bool,
+    /// Where spans go, for messages.
+    destinations: String,
     metrics: Option<super::metrics::Metrics>,
     sinks: tokio::sync::Mutex<Vec<Sink>>,
     pending: Mutex<Vec<SpanData>>,
@@ -213,8 +215,17 @@ impl OtelTelemetry {
         if sinks.is_empty() && metrics.is_none() {
             return (None, warnings);
         }
+        let destinations = sinks
+            .iter()
+            .map(|s| match s {
+                Sink::Otlp(_, endpoint) => endpoint.as_str(),
+                Sink::Console => "stderr",
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
         let telemetry = OtelTelemetry {
             traced: !sinks.is_empty(),
+            destinations,
             metrics,
             sinks: tokio::sync::Mutex::new(sinks),
             pending: Mutex::new(Vec::new()),
@@ -223,6 +234,11 @@ impl OtelTelemetry {
             limits: Limits::from_env(),
         };
         (Some(telemetry), warnings)
+    }
+
+    /// Where spans go (endpoints, or `stderr`), for messages.
+    pub fn destinations(&self) -> &str {
+        &self.destinations
     }
 
     /// Exports the last metrics and stops the meter provider, within `limit`.

@@ -481,3 +481,73 @@ async fn metrics_reach_a_real_receiver_with_the_final_export() {
         assert!(names.contains(expected), "{expected} in {names:?}");
     }
 }
+
+#[tokio::test]
+async fn json_logs_carry_the_trace_and_span_of_their_execution() {
+    let db = TestDb::migrated().await;
+    // A warning of pgc's own, as JSON.
+    let out = run(
+        db.pgc().env("TRACEPARENT", "not-a-traceparent"),
+        &[
+            "--log-format",
+            "json",
+            "enqueue",
+            "t",
+            "--max-attempts",
+            "1",
+        ],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let id = Uuid::parse_str(out.stdout.trim()).unwrap();
+    let warning: serde_json::Value = serde_json::from_str(out.stderr.trim()).expect("JSON");
+    assert_eq!(warning["level"], "warn");
+    assert!(warning["message"].as_str().unwrap().contains("TRACEPARENT"));
+    // The worker's lines and the handler's passed-through stderr.
+    let out = run(
+        db.pgc().env("PGC_LOG_FORMAT", "json"),
+        &[
+            "work",
+            "--until-empty",
+            "--verbose",
+            "--handler",
+            "t=echo oops >&2; exit 1",
+        ],
+    );
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let lines: Vec<serde_json::Value> = out
+        .stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect();
+    let (span, tp): (String, String) = {
+        let row = db
+            .client()
+            .await
+            .query_one(
+                "select attempt_span_id, trace_context ->> 'traceparent'
+                 from pgconductor._private_executions where id = $1",
+                &[&id],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    let handler = lines
+        .iter()
+        .find(|l| l["source"] == "handler")
+        .expect("the handler's line");
+    assert_eq!(handler["message"], "oops");
+    assert_eq!(handler["execution_id"], id.to_string());
+    assert_eq!(handler["span_id"], span, "the attempt's span");
+    assert_eq!(handler["trace_id"], &tp[3..35]);
+    let failed = lines
+        .iter()
+        .find(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("failed (attempt 1)"))
+        })
+        .expect("the worker's line about it");
+    assert_eq!(failed["span_id"], span);
+    assert_eq!(failed["execution_id"], id.to_string());
+}
