@@ -479,3 +479,11 @@ select s.execution_id, s.attempt, s.name, s.span_id, s.status, s.exit_code, s.st
        s.finished_at
 from pgconductor._private_steps s
 where s.execution_id = $1";
+
+/// How many executions of each queue in `$1` are pending and running (the queue-depth
+/// gauge): counted through the partial claim and lease indexes, never the finished rows.
+pub const QUEUE_DEPTH: &str = "
+select q.name, s.status,
+       (select count(*) from pgconductor._private_executions e
+        where e.queue = q.name and e.status = s.status)
+from unnest($1::text[]) as q(name), (values ('pending'), ('running')) as s(status)";

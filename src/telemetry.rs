@@ -56,6 +56,15 @@ pub enum TelemetryEvent<'a> {
         /// When a failed attempt runs again.
         retry_in: Option<Duration>,
     },
+    /// How many executions of a queue are in a status (the queue-depth gauge).
+    QueueDepth {
+        /// The queue.
+        queue: &'a str,
+        /// `pending` or `running`.
+        status: &'a str,
+        /// How many.
+        count: i64,
+    },
     /// Executions enqueued (`messaging.client.sent.messages`).
     Sent {
         /// The queue.
@@ -86,6 +95,12 @@ pub trait Telemetry: Send + Sync {
     /// A span of trace `trace_id` (32 hex digits), with its stored ids.
     fn span(&self, trace_id: &str, span: &Span) {
         let _ = (trace_id, span);
+    }
+
+    /// Whether the worker should count its queues for [`TelemetryEvent::QueueDepth`]
+    /// (a query every few seconds).
+    fn wants_queue_depth(&self) -> bool {
+        false
     }
 
     /// An event; called whether or not spans are wanted, so it must be cheap.

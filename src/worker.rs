@@ -598,6 +598,15 @@ pub async fn run(
         listener_stop.clone(),
         ready_tx,
     ));
+    if opts.telemetry.wants_queue_depth() {
+        tokio::spawn(count_queues(
+            Db::new(conn.clone(), None),
+            opts.queues.clone(),
+            opts.telemetry.clone(),
+            listener_stop.clone(),
+            events.clone(),
+        ));
+    }
     // Listen before the first claim, so that no enqueue or cancel falls between them (a
     // database that refuses LISTEN only costs the wait; polling still works).
     let _ = tokio::time::timeout(Duration::from_secs(5), ready_rx).await;
@@ -948,6 +957,47 @@ struct ClaimQuery {
     tasks: Option<Vec<String>>,
     lease_secs: f64,
     telemetry: crate::telemetry::Hooks,
+}
+
+/// How often the queue-depth gauge's counts are refreshed.
+const QUEUE_DEPTH_EVERY: Duration = Duration::from_secs(10);
+
+/// Counts the queues' pending and running executions for the queue-depth gauge, at
+/// once and then every [`QUEUE_DEPTH_EVERY`], on a connection of its own, until `stop`.
+async fn count_queues(
+    mut db: Db,
+    queues: Vec<String>,
+    telemetry: crate::telemetry::Hooks,
+    stop: CancellationToken,
+    events: EventSink,
+) {
+    loop {
+        if let Some(client) = db.client(&events).await {
+            match bounded(client.query(sql::QUEUE_DEPTH, &[&queues])).await {
+                Ok(rows) => {
+                    for r in rows {
+                        let (Ok(queue), Ok(status), Ok(count)) = (
+                            r.try_get::<_, String>(0),
+                            r.try_get::<_, String>(1),
+                            r.try_get::<_, i64>(2),
+                        ) else {
+                            continue;
+                        };
+                        telemetry.event(&TelemetryEvent::QueueDepth {
+                            queue: &queue,
+                            status: &status,
+                            count,
+                        });
+                    }
+                }
+                Err(e) => db.fail(&events, e),
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(QUEUE_DEPTH_EVERY) => {}
+        }
+    }
 }
 
 /// Claims on request, on a connection of its own, so that the worker's loop never

@@ -62,6 +62,9 @@ pub struct Metrics {
     process_duration: Histogram<f64>,
     consumed: Counter<u64>,
     sent: Counter<u64>,
+    /// The last counts the worker reported, read by the queue-depth gauge's callback.
+    depth: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<(String, String), i64>>>,
+    _depth_gauge: opentelemetry::metrics::ObservableGauge<i64>,
 }
 
 impl Metrics {
@@ -136,7 +139,32 @@ impl Metrics {
                 .with_description(what)
                 .build()
         };
+        let depth: std::sync::Arc<
+            std::sync::Mutex<std::collections::BTreeMap<(String, String), i64>>,
+        > = std::sync::Arc::default();
+        let read = depth.clone();
+        let depth_gauge = meter
+            .i64_observable_gauge("pgconductor.queue.depth")
+            .with_unit("{execution}")
+            .with_description("Executions pending and running, by queue and status")
+            .with_callback(move |observer| {
+                if let Ok(counts) = read.lock() {
+                    for ((queue, status), n) in counts.iter() {
+                        observer.observe(
+                            *n,
+                            &[
+                                KeyValue::new("messaging.system", "pgconductor"),
+                                KeyValue::new("messaging.destination.name", queue.clone()),
+                                KeyValue::new("pgconductor.status", status.clone()),
+                            ],
+                        );
+                    }
+                }
+            })
+            .build();
         Some(Metrics {
+            depth,
+            _depth_gauge: depth_gauge,
             fetch_duration: seconds("pgconductor.worker.fetch.duration", "How long a claim took"),
             fetch_count: count(
                 "pgconductor.worker.fetch.count",
@@ -243,6 +271,15 @@ impl Metrics {
                 self.db_duration.record(duration.as_secs_f64(), &attrs);
                 if retries > 0 {
                     self.db_retries.add(u64::from(retries), &attrs);
+                }
+            }
+            TelemetryEvent::QueueDepth {
+                queue,
+                status,
+                count,
+            } => {
+                if let Ok(mut depth) = self.depth.lock() {
+                    depth.insert((queue.to_string(), status.to_string()), count);
                 }
             }
             TelemetryEvent::Sent { queue, count } => {

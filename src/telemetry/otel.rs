@@ -357,6 +357,10 @@ impl Telemetry for OtelTelemetry {
         self.traced
     }
 
+    fn wants_queue_depth(&self) -> bool {
+        self.metrics.is_some()
+    }
+
     fn event(&self, event: &TelemetryEvent<'_>) {
         if let Some(m) = &self.metrics {
             m.record(event);

@@ -477,6 +477,7 @@ async fn metrics_reach_a_real_receiver_with_the_final_export() {
         "pgconductor.task.attempts",
         "pgconductor.task.retry.delay",
         "pgconductor.db.query.duration",
+        "pgconductor.queue.depth",
     ] {
         assert!(names.contains(expected), "{expected} in {names:?}");
     }
