@@ -292,26 +292,42 @@ impl OtelTelemetry {
                 ))
             };
         }
+        let total = spans.len();
         let mut sinks = self.sinks.lock().await;
         let mut errors = Vec::new();
-        for sink in sinks.iter_mut() {
-            match sink {
-                Sink::Otlp(exporter, endpoint) => {
-                    for chunk in spans.chunks(self.limits.max_batch) {
-                        let batch: Vec<SpanData> = chunk.to_vec();
-                        if let Err(e) = exporter.export(batch).await {
-                            errors.push(format!("exporting spans to {endpoint} failed: {e}"));
-                            break;
-                        }
-                    }
+        // The console first (it borrows the spans), then the OTLP exporters; the last one
+        // takes the spans without a copy.
+        for sink in sinks.iter() {
+            if let Sink::Console = sink {
+                use std::io::Write;
+                let mut err = std::io::stderr().lock();
+                for span in &spans {
+                    let _ = writeln!(err, "{}", console_line(span));
                 }
-                Sink::Console => {
-                    use std::io::Write;
-                    let mut err = std::io::stderr().lock();
-                    for span in &spans {
-                        let _ = writeln!(err, "{}", console_line(span));
-                    }
+            }
+        }
+        let otlp: Vec<&mut Sink> = sinks
+            .iter_mut()
+            .filter(|s| matches!(s, Sink::Otlp(..)))
+            .collect();
+        let last = otlp.len().saturating_sub(1);
+        let mut spans = Some(spans);
+        for (i, sink) in otlp.into_iter().enumerate() {
+            let Sink::Otlp(exporter, endpoint) = sink else {
+                continue;
+            };
+            let mut batch = if i == last {
+                spans.take().unwrap_or_default()
+            } else {
+                spans.clone().unwrap_or_default()
+            };
+            while !batch.is_empty() {
+                let rest = batch.split_off(batch.len().min(self.limits.max_batch));
+                if let Err(e) = exporter.export(batch).await {
+                    errors.push(format!("exporting spans to {endpoint} failed: {e}"));
+                    break;
                 }
+                batch = rest;
             }
         }
         if dropped > 0 {
@@ -320,7 +336,7 @@ impl OtelTelemetry {
             ));
         }
         if errors.is_empty() {
-            Ok(spans.len())
+            Ok(total)
         } else {
             Err(errors.join("; "))
         }

@@ -93,8 +93,18 @@ pub fn to_span_data(trace_id: &str, now: DateTime<Utc>, s: &Span) -> SpanData {
             (SpanStatus::Ok, _) => Status::Ok,
             (SpanStatus::Unset, _) => Status::Unset,
         },
-        instrumentation_scope: InstrumentationScope::builder("pgc")
-            .with_version(env!("CARGO_PKG_VERSION"))
-            .build(),
+        instrumentation_scope: scope(),
     }
+}
+
+/// pgc's instrumentation scope, built once.
+fn scope() -> InstrumentationScope {
+    static SCOPE: std::sync::OnceLock<InstrumentationScope> = std::sync::OnceLock::new();
+    SCOPE
+        .get_or_init(|| {
+            InstrumentationScope::builder("pgc")
+                .with_version(env!("CARGO_PKG_VERSION"))
+                .build()
+        })
+        .clone()
 }
