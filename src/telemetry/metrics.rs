@@ -46,6 +46,105 @@ impl PushMetricExporter for OnRuntime {
     }
 }
 
+/// The `console` metric exporter: one JSON line per metric on stderr (stdout carries a
+/// command's data), with each data point's attributes and value (count, sum and
+/// buckets for histograms).
+struct Console;
+
+impl Console {
+    fn points<T: Into<serde_json::Value> + Copy>(
+        data: &opentelemetry_sdk::metrics::data::MetricData<T>,
+    ) -> (&'static str, Vec<serde_json::Value>) {
+        use opentelemetry_sdk::metrics::data::MetricData;
+        let attrs = |kvs: &mut dyn Iterator<Item = &KeyValue>| -> serde_json::Value {
+            kvs.map(|kv| {
+                (
+                    kv.key.to_string(),
+                    serde_json::Value::from(kv.value.as_str().into_owned()),
+                )
+            })
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+        };
+        match data {
+            MetricData::Gauge(g) => (
+                "gauge",
+                g.data_points()
+                    .map(|p| serde_json::json!({"attributes": attrs(&mut p.attributes()), "value": p.value().into()}))
+                    .collect(),
+            ),
+            MetricData::Sum(sum) => (
+                "sum",
+                sum.data_points()
+                    .map(|p| serde_json::json!({"attributes": attrs(&mut p.attributes()), "value": p.value().into()}))
+                    .collect(),
+            ),
+            MetricData::Histogram(h) => (
+                "histogram",
+                h.data_points()
+                    .map(|p| {
+                        serde_json::json!({
+                            "attributes": attrs(&mut p.attributes()),
+                            "count": p.count(),
+                            "sum": p.sum().into(),
+                            "bounds": p.bounds().collect::<Vec<_>>(),
+                            "bucket_counts": p.bucket_counts().collect::<Vec<_>>(),
+                        })
+                    })
+                    .collect(),
+            ),
+            MetricData::ExponentialHistogram(h) => (
+                "exponential_histogram",
+                h.data_points()
+                    .map(|p| serde_json::json!({"attributes": attrs(&mut p.attributes()), "count": p.count(), "sum": p.sum().into()}))
+                    .collect(),
+            ),
+        }
+    }
+}
+
+impl PushMetricExporter for Console {
+    fn export(
+        &self,
+        metrics: &ResourceMetrics,
+    ) -> impl std::future::Future<Output = OTelSdkResult> + Send {
+        use opentelemetry_sdk::metrics::data::AggregatedMetrics;
+        use std::io::Write;
+        let mut lines = String::new();
+        for scope in metrics.scope_metrics() {
+            for m in scope.metrics() {
+                let (kind, points) = match m.data() {
+                    AggregatedMetrics::F64(d) => Console::points(d),
+                    AggregatedMetrics::U64(d) => Console::points(d),
+                    AggregatedMetrics::I64(d) => Console::points(d),
+                };
+                let line = serde_json::json!({
+                    "metric": m.name(),
+                    "unit": m.unit(),
+                    "kind": kind,
+                    "points": points,
+                });
+                lines.push_str(&line.to_string());
+                lines.push('\n');
+            }
+        }
+        let _ = std::io::stderr().lock().write_all(lines.as_bytes());
+        async { Ok(()) }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        Ok(())
+    }
+
+    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
+        Ok(())
+    }
+
+    fn temporality(&self) -> Temporality {
+        Temporality::Cumulative
+    }
+}
+
 /// The instruments, and the provider that exports them.
 pub struct Metrics {
     provider: SdkMeterProvider,
@@ -84,52 +183,73 @@ impl Metrics {
             }
             None => Vec::new(),
         };
-        if names.iter().any(|n| n == "none") || !names.iter().any(|n| n == "otlp") {
-            for other in names.iter().filter(|n| *n != "otlp" && *n != "none") {
-                warnings.push(format!(
-                    "OTEL_METRICS_EXPORTER: {other:?} is not supported (pgc exports metrics with otlp)"
-                ));
-            }
+        if names.iter().any(|n| n == "none") {
             return None;
         }
-        let runtime = tokio::runtime::Handle::try_current().ok()?;
-        let endpoint = signal_endpoint("METRICS", "metrics");
-        let exporter = otlp_http_client(&endpoint, "METRICS").and_then(|http| {
-            use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
-            opentelemetry_otlp::MetricExporter::builder()
-                .with_http()
-                .with_http_client(http)
-                .with_protocol(Protocol::HttpBinary)
-                .build()
-                .map_err(|e| format!("cannot set up the OTLP metric exporter for {endpoint}: {e}"))
-        });
-        let exporter = match exporter {
-            Ok(e) => e,
-            Err(e) => {
-                warnings.push(format!("metrics are not exported: {e}"));
-                return None;
-            }
-        };
+        for other in names.iter().filter(|n| *n != "otlp" && *n != "console") {
+            warnings.push(format!(
+                "OTEL_METRICS_EXPORTER: unknown exporter {other:?} ignored (pgc knows otlp, console and none)"
+            ));
+        }
         let interval = otlp_var("OTEL_METRIC_EXPORT_INTERVAL")
             .and_then(|v| v.trim().parse::<u64>().ok())
             .filter(|ms| *ms > 0)
             .map_or(Duration::from_secs(60), Duration::from_millis);
-        let reader = PeriodicReader::builder(OnRuntime {
-            inner: exporter,
-            runtime,
-        })
-        .with_interval(interval)
-        .build();
-        let provider = SdkMeterProvider::builder()
-            .with_reader(reader)
-            .with_resource(resource.to_sdk())
-            .build();
+        let mut builder = SdkMeterProvider::builder().with_resource(resource.to_sdk());
+        let mut endpoint = String::new();
+        let mut any = false;
+        if names.iter().any(|n| n == "otlp") {
+            let runtime = tokio::runtime::Handle::try_current().ok()?;
+            let target = signal_endpoint("METRICS", "metrics");
+            let exporter = otlp_http_client(&target, "METRICS").and_then(|http| {
+                use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
+                opentelemetry_otlp::MetricExporter::builder()
+                    .with_http()
+                    .with_http_client(http)
+                    .with_protocol(Protocol::HttpBinary)
+                    .build()
+                    .map_err(|e| {
+                        format!("cannot set up the OTLP metric exporter for {target}: {e}")
+                    })
+            });
+            match exporter {
+                Ok(inner) => {
+                    let reader = PeriodicReader::builder(OnRuntime { inner, runtime })
+                        .with_interval(interval)
+                        .build();
+                    builder = builder.with_reader(reader);
+                    endpoint = target;
+                    any = true;
+                }
+                Err(e) => warnings.push(format!("metrics are not exported: {e}")),
+            }
+        }
+        if names.iter().any(|n| n == "console") {
+            builder = builder.with_reader(
+                PeriodicReader::builder(Console)
+                    .with_interval(interval)
+                    .build(),
+            );
+            if endpoint.is_empty() {
+                endpoint = "stderr".to_string();
+            }
+            any = true;
+        }
+        if !any {
+            return None;
+        }
+        let provider = builder.build();
         let meter = provider.meter("pgc");
+        // The messaging conventions' boundaries for durations in seconds (the SDK's
+        // defaults suit milliseconds).
         let seconds = |name: &'static str, what: &'static str| {
             meter
                 .f64_histogram(name)
                 .with_unit("s")
                 .with_description(what)
+                .with_boundaries(vec![
+                    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+                ])
                 .build()
         };
         let count = |name: &'static str, unit: &'static str, what: &'static str| {

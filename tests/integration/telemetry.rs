@@ -552,3 +552,29 @@ async fn json_logs_carry_the_trace_and_span_of_their_execution() {
     assert_eq!(failed["span_id"], span);
     assert_eq!(failed["execution_id"], id.to_string());
 }
+
+#[tokio::test]
+async fn console_metrics_go_to_stderr_as_json_lines() {
+    let db = TestDb::migrated().await;
+    let out = run(
+        db.pgc().env("OTEL_METRICS_EXPORTER", "console"),
+        &["enqueue", "t", "--queue", "mail"],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    Uuid::parse_str(out.stdout.trim()).expect("stdout is the id alone");
+    let lines: Vec<serde_json::Value> = out
+        .stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect();
+    let sent = lines
+        .iter()
+        .find(|l| l["metric"] == "messaging.client.sent.messages")
+        .expect("the sent-messages counter");
+    assert_eq!(sent["kind"], "sum");
+    assert_eq!(sent["points"][0]["value"], 1);
+    assert_eq!(
+        sent["points"][0]["attributes"]["messaging.destination.name"],
+        "mail"
+    );
+}
