@@ -74,7 +74,9 @@ pub async fn run(global: &GlobalArgs, args: TraceArgs) -> Result<ExitCode> {
     let lookup = match (args.id, args.trace_id) {
         (Some(id), _) => Lookup::Execution(id),
         (None, Some(t)) => Lookup::TraceId(t),
-        (None, None) => unreachable!("clap requires an execution id or --trace-id"),
+        (None, None) => {
+            return Err(crate::error::Error::invalid("give an execution id or --trace-id").into());
+        }
     };
     let client = connect(global).await?;
     migrate::check_schema(&client).await?;
