@@ -1147,13 +1147,15 @@ fn start(
     let generation: i32 = row.try_get(7)?;
     let span: String = row.try_get(8)?;
     let parent_execution_id: Option<Uuid> = row.try_get(9)?;
-    let (traceparent, tracestate) = attempt_context(trace_context.as_ref(), &span);
+    let producer = stored_producer(trace_context.as_ref());
+    let (traceparent, tracestate) =
+        attempt_context(producer.as_ref(), trace_context.as_ref(), &span);
     let attempt_tp: Arc<str> = Arc::from(traceparent.as_str());
     let meta = traced.then(|| {
         Arc::new(AttemptMeta {
             queue: queue.clone(),
             parent_execution_id,
-            producer: stored_producer(trace_context.as_ref()),
+            producer,
             span_id: span,
             started: chrono::Utc::now(),
         })
@@ -1218,13 +1220,10 @@ fn stored_producer(trace_context: Option<&serde_json::Value>) -> Option<TracePar
 /// The handler's trace context: the execution's trace id and flags with this attempt's
 /// span id. A row whose stored carrier is malformed gets a trace of its own.
 fn attempt_context(
+    stored: Option<&TraceParent>,
     trace_context: Option<&serde_json::Value>,
     span: &str,
 ) -> (String, Option<String>) {
-    let stored = trace_context
-        .and_then(|v| v.get("traceparent"))
-        .and_then(|v| v.as_str())
-        .and_then(|s| TraceParent::parse(s).ok());
     let span_id = SpanId::from_hex(span).unwrap_or(SpanId::INVALID);
     let tp = match stored {
         Some(p) => TraceParent::new(p.trace_id, span_id, p.flags),
