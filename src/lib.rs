@@ -13,6 +13,7 @@ pub mod execution;
 pub mod handler;
 pub mod jsonb;
 pub mod migrate;
+pub mod percent;
 pub mod sql;
 pub mod telemetry;
 pub mod trace;

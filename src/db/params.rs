@@ -375,25 +375,10 @@ fn parse_url(rest: &str) -> Result<Params, String> {
 /// Percent-decodes one URL component; `what` names it in errors (the text is never shown,
 /// since it may be a password).
 fn decode(s: &str, what: &str) -> Result<String, String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| format!("invalid percent-encoding in the {what}"))?;
-            if hex == 0 {
-                return Err(format!("forbidden %00 in the {what}"));
-            }
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
+    let out = crate::percent::decode(s)
+        .ok_or_else(|| format!("invalid percent-encoding in the {what}"))?;
+    if out.contains(&0) {
+        return Err(format!("forbidden %00 in the {what}"));
     }
     String::from_utf8(out).map_err(|_| format!("the {what} is not valid UTF-8 once decoded"))
 }
