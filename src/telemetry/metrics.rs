@@ -12,7 +12,7 @@ use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider, Temporality};
 
 use super::TelemetryEvent;
-use super::otel::{otlp_http_client, otlp_var, signal_endpoint};
+use super::otel::{exporter_names, otlp_http_client, otlp_var, signal_endpoint};
 use crate::trace::Resource;
 
 /// The periodic reader runs exports on a thread of its own, outside the async runtime
@@ -170,22 +170,7 @@ impl Metrics {
     /// The metrics `OTEL_METRICS_EXPORTER` asks for (`otlp`; `none`; unset: `otlp` when an
     /// OTLP endpoint variable is set), or `None`. Must run inside the async runtime.
     pub fn from_env(resource: &Resource, warnings: &mut Vec<String>) -> Option<Metrics> {
-        let names: Vec<String> = match otlp_var("OTEL_METRICS_EXPORTER") {
-            Some(list) => list
-                .split(',')
-                .map(|n| n.trim().to_ascii_lowercase())
-                .filter(|n| !n.is_empty())
-                .collect(),
-            None if otlp_var("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT").is_some()
-                || otlp_var("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() =>
-            {
-                vec!["otlp".to_string()]
-            }
-            None => Vec::new(),
-        };
-        if names.iter().any(|n| n == "none") {
-            return None;
-        }
+        let names = exporter_names("METRICS");
         for other in names.iter().filter(|n| *n != "otlp" && *n != "console") {
             warnings.push(format!(
                 "OTEL_METRICS_EXPORTER: unknown exporter {other:?} ignored (pgc knows otlp, console and none)"

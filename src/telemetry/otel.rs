@@ -50,6 +50,32 @@ pub(crate) fn signal_endpoint(var_part: &str, path: &str) -> String {
     without_userinfo(&url)
 }
 
+/// The exporters `OTEL_<SIGNAL>_EXPORTER` names for one signal (`TRACES`, `METRICS`),
+/// lower-cased and deduplicated; none when it lists `none`. Unset: `otlp` when an OTLP
+/// endpoint variable (the general one or the signal's) is set, none otherwise — pgc
+/// exports nothing unless configured.
+pub(crate) fn exporter_names(signal: &str) -> Vec<String> {
+    let mut names: Vec<String> = match otlp_var(&format!("OTEL_{signal}_EXPORTER")) {
+        Some(list) => list
+            .split(',')
+            .map(|n| n.trim().to_ascii_lowercase())
+            .filter(|n| !n.is_empty())
+            .collect(),
+        None if otlp_var(&format!("OTEL_EXPORTER_OTLP_{signal}_ENDPOINT")).is_some()
+            || otlp_var("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() =>
+        {
+            vec!["otlp".to_string()]
+        }
+        None => Vec::new(),
+    };
+    if names.iter().any(|n| n == "none") {
+        return Vec::new();
+    }
+    let mut seen = std::collections::HashSet::new();
+    names.retain(|n| seen.insert(n.clone()));
+    names
+}
+
 /// An HTTP client for an OTLP endpoint: pgc's rustls configuration for `https://`
 /// (system roots, or `OTEL_EXPORTER_OTLP_[<SIGNAL>_]CERTIFICATE`) and the export timeout.
 pub(crate) fn otlp_http_client(endpoint: &str, var_part: &str) -> Result<reqwest::Client, String> {
@@ -165,25 +191,7 @@ impl OtelTelemetry {
         if disabled {
             return (None, warnings);
         }
-        let names: Vec<String> = match otlp_var("OTEL_TRACES_EXPORTER") {
-            Some(list) => list
-                .split(',')
-                .map(|n| n.trim().to_ascii_lowercase())
-                .filter(|n| !n.is_empty())
-                .collect(),
-            None if otlp_var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some()
-                || otlp_var("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() =>
-            {
-                vec!["otlp".to_string()]
-            }
-            None => Vec::new(),
-        };
-        let mut names = names;
-        if names.iter().any(|n| n == "none") {
-            names.clear();
-        }
-        let mut seen = std::collections::HashSet::new();
-        names.retain(|n| seen.insert(n.clone()));
+        let names = exporter_names("TRACES");
         let protocol = otlp_var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
             .or_else(|| otlp_var("OTEL_EXPORTER_OTLP_PROTOCOL"));
         if let Some(p) = protocol.filter(|p| p.trim() != "http/protobuf")
