@@ -92,9 +92,12 @@ pub fn json_line(level: &str, text: &str, ctx: &LogContext<'_>) -> String {
     );
     line.insert("level".into(), level.into());
     line.insert("message".into(), text.into());
-    if let Some((trace_id, span_id)) = ctx.traceparent.and_then(trace_and_span) {
-        line.insert("trace_id".into(), trace_id.into());
-        line.insert("span_id".into(), span_id.into());
+    if let Some(tp) = ctx
+        .traceparent
+        .and_then(|tp| crate::traceparent::TraceParent::parse(tp).ok())
+    {
+        line.insert("trace_id".into(), tp.trace_id.to_string().into());
+        line.insert("span_id".into(), tp.parent_id.to_string().into());
     }
     if let Some(id) = ctx.execution_id {
         line.insert("execution_id".into(), id.to_string().into());
@@ -106,15 +109,6 @@ pub fn json_line(level: &str, text: &str, ctx: &LogContext<'_>) -> String {
         line.insert("attempt".into(), attempt.into());
     }
     serde_json::Value::Object(line).to_string()
-}
-
-/// The trace id and span id of a version-00 `traceparent`.
-fn trace_and_span(tp: &str) -> Option<(&str, &str)> {
-    let mut parts = tp.split('-');
-    let _version = parts.next()?;
-    let trace = parts.next().filter(|t| t.len() == 32)?;
-    let span = parts.next().filter(|s| s.len() == 16)?;
-    Some((trace, span))
 }
 
 /// Prints `pgc: warning: …` on stderr.

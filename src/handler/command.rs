@@ -176,10 +176,9 @@ fn json_fields(job: &Job) -> String {
     fields.insert("task".into(), job.task.clone().into());
     fields.insert("queue".into(), job.queue.clone().into());
     fields.insert("attempt".into(), job.attempt.into());
-    let mut parts = job.traceparent.split('-').skip(1);
-    if let (Some(trace), Some(span)) = (parts.next(), parts.next()) {
-        fields.insert("trace_id".into(), trace.into());
-        fields.insert("span_id".into(), span.into());
+    if let Ok(tp) = crate::traceparent::TraceParent::parse(&job.traceparent) {
+        fields.insert("trace_id".into(), tp.trace_id.to_string().into());
+        fields.insert("span_id".into(), tp.parent_id.to_string().into());
     }
     let object = serde_json::Value::Object(fields).to_string();
     // `{"a":1,"b":2}` → `,"a":1,"b":2`
