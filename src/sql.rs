@@ -423,6 +423,31 @@ macro_rules! trace_execution_columns {
     };
 }
 
+/// The attempt columns, in the order [`crate::trace`] reads them.
+macro_rules! trace_attempt_columns {
+    () => {
+        "a.execution_id, a.attempt, a.span_id, a.started_at, a.finished_at, a.outcome, a.error"
+    };
+}
+
+/// The step columns, in the order [`crate::trace`] reads them.
+macro_rules! trace_step_columns {
+    () => {
+        "s.execution_id, s.attempt, s.name, s.span_id, s.status, s.exit_code, s.started_at,
+       s.finished_at"
+    };
+}
+
+/// The executions of one trace (`$1`, `$2` from [`trace_id_range`]), as an array.
+macro_rules! trace_ids {
+    () => {
+        "array(
+    select e.id from pgconductor._private_executions e
+    where (e.trace_context ->> 'traceparent') ~>=~ $1
+      and (e.trace_context ->> 'traceparent') ~<~ $2)"
+    };
+}
+
 /// Start the snapshot every trace query reads from.
 pub const TRACE_SNAPSHOT: &str = "start transaction isolation level repeatable read, read only";
 
@@ -449,36 +474,44 @@ where (e.trace_context ->> 'traceparent') ~>=~ $1
 /// Earlier attempts of every execution of one trace (`$1`, `$2` as for
 /// [`TRACE_EXECUTIONS`]). `= any(array(…))` keeps it an index lookup per execution: a
 /// join can turn into a merge join over the whole primary key.
-pub const TRACE_ATTEMPTS: &str = "
-select a.execution_id, a.attempt, a.span_id, a.started_at, a.finished_at, a.outcome, a.error
+pub const TRACE_ATTEMPTS: &str = concat!(
+    "select ",
+    trace_attempt_columns!(),
+    "
 from pgconductor._private_attempts a
-where a.execution_id = any(array(
-    select e.id from pgconductor._private_executions e
-    where (e.trace_context ->> 'traceparent') ~>=~ $1
-      and (e.trace_context ->> 'traceparent') ~<~ $2))";
+where a.execution_id = any(",
+    trace_ids!(),
+    ")"
+);
 
 /// Step runs of every execution of one trace (`$1`, `$2` as for [`TRACE_EXECUTIONS`]).
-pub const TRACE_STEPS: &str = "
-select s.execution_id, s.attempt, s.name, s.span_id, s.status, s.exit_code, s.started_at,
-       s.finished_at
+pub const TRACE_STEPS: &str = concat!(
+    "select ",
+    trace_step_columns!(),
+    "
 from pgconductor._private_steps s
-where s.execution_id = any(array(
-    select e.id from pgconductor._private_executions e
-    where (e.trace_context ->> 'traceparent') ~>=~ $1
-      and (e.trace_context ->> 'traceparent') ~<~ $2))";
+where s.execution_id = any(",
+    trace_ids!(),
+    ")"
+);
 
 /// Earlier attempts of one execution (`$1`), for an execution shown on its own.
-pub const TRACE_ATTEMPTS_OF: &str = "
-select a.execution_id, a.attempt, a.span_id, a.started_at, a.finished_at, a.outcome, a.error
+pub const TRACE_ATTEMPTS_OF: &str = concat!(
+    "select ",
+    trace_attempt_columns!(),
+    "
 from pgconductor._private_attempts a
-where a.execution_id = $1";
+where a.execution_id = $1"
+);
 
 /// Step runs of one execution (`$1`), for an execution shown on its own.
-pub const TRACE_STEPS_OF: &str = "
-select s.execution_id, s.attempt, s.name, s.span_id, s.status, s.exit_code, s.started_at,
-       s.finished_at
+pub const TRACE_STEPS_OF: &str = concat!(
+    "select ",
+    trace_step_columns!(),
+    "
 from pgconductor._private_steps s
-where s.execution_id = $1";
+where s.execution_id = $1"
+);
 
 /// How many executions of each queue in `$1` are pending and running (the queue-depth
 /// gauge): counted through the partial claim and lease indexes, never the finished rows.
