@@ -23,11 +23,16 @@ PY
 
 # Same columns, payload and trace_context shape as pgc writes; like pgc's, the trace ids
 # start with a time-ordered prefix and end in random-looking hex.
-floor_sql="insert into pgconductor._private_executions (id, queue, task_key, payload, run_at, max_attempts, trace_context)
+# The executions and their rows of the traceparent index, as pgc writes both.
+floor_sql="with ins as (
+insert into pgconductor._private_executions (id, queue, task_key, payload, run_at, max_attempts, trace_context)
 select ('00000000-0000-7000-8000-' || lpad(to_hex(i), 12, '0'))::uuid, 'default', 'noop',
        jsonb_build_object('i', i), now(), 3,
        jsonb_build_object('traceparent', '00-' || lpad(to_hex(i), 12, '0') || substr(h, 1, 20) || '-' || substr(h, 17, 16) || '-01')
-from generate_series(1, $N) i, lateral md5(i::text) h"
+from generate_series(1, $N) i, lateral md5(i::text) h
+returning id, trace_context)
+insert into pgconductor._private_traceparents (traceparent, execution_id)
+select trace_context ->> 'traceparent', id from ins"
 
 simple_sql="drop table if exists floor_jobs;
 create table floor_jobs(id bigserial primary key, queue text not null, task_key text not null,

@@ -12,9 +12,13 @@ fresh_db
 sql=$(mktemp /tmp/pgc-insert-XXXXXX.sql)
 trap 'rm -f "$sql"; drop_db' EXIT
 cat > "$sql" <<'SQL'
+with ins as (
 insert into pgconductor._private_executions (id, queue, task_key, payload, trace_context)
 values (gen_random_uuid(), 'default', 'noop', '{}',
-        '{"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}');
+        '{"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}')
+returning id, trace_context)
+insert into pgconductor._private_traceparents (traceparent, execution_id)
+select trace_context ->> 'traceparent', id from ins;
 select pg_notify('pgconductor_enqueued', 'default');
 SQL
 plain="$BENCH_URL?sslmode=disable"

@@ -196,9 +196,14 @@ pub struct Enqueued {
 /// The `trace_context` document for a producer span:
 /// `{"traceparent": "…", "tracestate": "…"}`, without `tracestate` when empty.
 pub fn trace_context_json(traceparent: &TraceParent, tracestate: &TraceState) -> String {
+    carrier_json(&traceparent.to_string(), tracestate)
+}
+
+/// [`trace_context_json`] of a traceparent already encoded.
+fn carrier_json(traceparent: &str, tracestate: &TraceState) -> String {
     let mut out = String::with_capacity(96);
     out.push_str("{\"traceparent\":\"");
-    out.push_str(&traceparent.to_string());
+    out.push_str(traceparent);
     out.push('"');
     if !tracestate.is_empty() {
         out.push_str(",\"tracestate\":");
@@ -416,6 +421,35 @@ const COPY_TYPES: [Type; 10] = [
     Type::TEXT,
 ];
 
+const COPY_TRACEPARENT_TYPES: [Type; 2] = [Type::TEXT, Type::UUID];
+
+/// Rows of a batch whose traceparent index entries are kept in memory before they are
+/// written (a connection runs one COPY at a time, so the execution rows' COPY ends first).
+const TRACEPARENTS_EVERY: usize = 10_000;
+
+/// Ends the running COPY of execution rows, if any, and writes the traceparent index
+/// rows of what it wrote.
+async fn flush_copies(
+    tx: &tokio_postgres::Transaction<'_>,
+    copy: &mut Option<Pin<Box<BinaryCopyInWriter>>>,
+    traceparents: &mut Vec<(String, Uuid)>,
+) -> std::result::Result<(), tokio_postgres::Error> {
+    if let Some(mut w) = copy.take() {
+        w.as_mut().finish().await?;
+    }
+    if traceparents.is_empty() {
+        return Ok(());
+    }
+    let sink = tx.copy_in(sql::BATCH_COPY_TRACEPARENTS).await?;
+    let w = BinaryCopyInWriter::new(sink, &COPY_TRACEPARENT_TYPES);
+    let mut w = std::pin::pin!(w);
+    for (traceparent, id) in traceparents.drain(..) {
+        w.as_mut().write(&[&traceparent, &id]).await?;
+    }
+    w.finish().await?;
+    Ok(())
+}
+
 /// How often the progress callback is called, in rows.
 const PROGRESS_EVERY: u64 = 10_000;
 
@@ -492,6 +526,8 @@ async fn run_batch<R: AsyncBufRead + Unpin>(
                 .ok_or_else(|| Error::invalid("delay reaches past the end of the calendar"))?,
         };
         let mut copy: Option<Pin<Box<BinaryCopyInWriter>>> = None;
+        // The traceparent index rows of what `copy` wrote.
+        let mut traceparents: Vec<(String, Uuid)> = Vec::new();
         let mut queues: BTreeSet<String> = BTreeSet::new();
         let mut in_tx = 0u64;
         while in_tx < commit_every {
@@ -519,7 +555,8 @@ async fn run_batch<R: AsyncBufRead + Unpin>(
             }
             let row = parse_line(text, line_no, opts, default_run_at)?;
             let ctx = opts.incoming.child();
-            let trace_context = trace_context_json(&ctx.traceparent, &ctx.tracestate);
+            let traceparent = ctx.traceparent.to_string();
+            let trace_context = carrier_json(&traceparent, &ctx.tracestate);
             let parent_span_id = ctx.parent_span_id.map(|s| s.to_string());
             if !queues.contains(row.queue.as_ref()) {
                 if queues.len() >= MAX_PENDING_QUEUES {
@@ -531,9 +568,7 @@ async fn run_batch<R: AsyncBufRead + Unpin>(
             if let Some(key) = &row.dedupe_key {
                 // COPY cannot skip conflicts: end the running COPY and insert this row
                 // on its own, with ON CONFLICT DO NOTHING.
-                if let Some(mut w) = copy.take() {
-                    w.as_mut().finish().await?;
-                }
+                flush_copies(&tx, &mut copy, &mut traceparents).await?;
                 let rows = tx
                     .query(
                         sql::ENQUEUE,
@@ -559,14 +594,19 @@ async fn run_batch<R: AsyncBufRead + Unpin>(
                     summary.enqueued += 1;
                 }
             } else {
+                if traceparents.len() >= TRACEPARENTS_EVERY {
+                    flush_copies(&tx, &mut copy, &mut traceparents).await?;
+                }
                 if copy.is_none() {
                     let sink = tx.copy_in(sql::BATCH_COPY).await?;
                     copy = Some(Box::pin(BinaryCopyInWriter::new(sink, &COPY_TYPES)));
                 }
                 if let Some(w) = copy.as_mut() {
+                    let id = Uuid::now_v7();
+                    traceparents.push((traceparent, id));
                     w.as_mut()
                         .write(&[
-                            &Uuid::now_v7(),
+                            &id,
                             &row.queue.as_ref(),
                             &row.task.as_ref(),
                             &JsonText(row.payload),
@@ -589,9 +629,7 @@ async fn run_batch<R: AsyncBufRead + Unpin>(
                 });
             }
         }
-        if let Some(mut w) = copy.take() {
-            w.as_mut().finish().await?;
-        }
+        flush_copies(&tx, &mut copy, &mut traceparents).await?;
         if !queues.is_empty() {
             let list: Vec<String> = queues.into_iter().collect();
             tx.execute(sql::NOTIFY_QUEUES, &[&list]).await?;

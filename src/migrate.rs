@@ -41,11 +41,18 @@ impl Migration {
 }
 
 /// Every migration, in order. A test checks this list against the `migrations/` folder.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "executions",
-    sql: include_str!("../migrations/0001_executions.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "executions",
+        sql: include_str!("../migrations/0001_executions.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "traceparents",
+        sql: include_str!("../migrations/0002_traceparents.sql"),
+    },
+];
 
 /// The schema version this build needs (the highest embedded migration).
 pub fn latest_version() -> i32 {

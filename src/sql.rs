@@ -46,7 +46,8 @@ pub const SCHEMA_VERSION: &str = "select max(version) from pgconductor.schema_mi
 /// Channel that `pgc enqueue` notifies with the queue name as payload.
 pub const ENQUEUED_CHANNEL: &str = "pgconductor_enqueued";
 
-/// Enqueue one execution and notify its queue, in one statement (and so one transaction).
+/// Enqueue one execution, index its traceparent and notify its queue, in one statement
+/// (and so one transaction).
 /// Returns no row when an unfinished execution has the same dedupe key.
 ///
 /// `$6` run_at (null: now), `$7` delay in seconds added to now when `$6` is null.
@@ -61,7 +62,11 @@ with ins as (
     on conflict (queue, task_key, dedupe_key)
         where dedupe_key is not null and status in ('pending', 'running')
         do nothing
-    returning id, run_at
+    returning id, run_at, trace_context
+), indexed as (
+    insert into pgconductor._private_traceparents (traceparent, execution_id)
+    select i.trace_context ->> 'traceparent', i.id from ins i
+    where i.trace_context ->> 'traceparent' is not null
 )
 select id, run_at, pg_notify('pgconductor_enqueued', $2) from ins";
 
@@ -81,23 +86,44 @@ copy pgconductor._private_executions
      parent_execution_id, trace_context, parent_span_id)
 from stdin (format binary)";
 
+/// Bulk enqueue, second part: the batch's rows of the traceparent index (traceparent,
+/// execution id), streamed in binary COPY format in the same transaction.
+pub const BATCH_COPY_TRACEPARENTS: &str = "
+copy pgconductor._private_traceparents (traceparent, execution_id) from stdin (format binary)";
+
 /// Notify every queue a batch wrote to (once each; sent at commit).
 pub const NOTIFY_QUEUES: &str =
     "select count(pg_notify('pgconductor_enqueued', q)) from unnest($1::text[]) q";
 
+/// The executions of one trace (`$1`, `$2` from [`trace_id_range`]), as an array, from
+/// the write-once traceparent index (the execution rows' own carriers are not indexed:
+/// see `migrations/0002_traceparents.sql`).
+macro_rules! trace_ids {
+    () => {
+        "array(
+    select t.execution_id from pgconductor._private_traceparents t
+    where t.traceparent ~>=~ $1 and t.traceparent ~<~ $2)"
+    };
+}
+
 /// Every execution of one trace, through the traceparent index: `$1` is
 /// `'00-<trace id>-'` and `$2` is `'00-<trace id>.'` (see [`trace_id_range`]).
-pub const EXECUTIONS_OF_TRACE: &str = "
-select id
-from pgconductor._private_executions
-where (trace_context ->> 'traceparent') ~>=~ $1
-  and (trace_context ->> 'traceparent') ~<~ $2";
+pub const EXECUTIONS_OF_TRACE: &str = concat!(
+    "
+select e.id
+from pgconductor._private_executions e
+where e.id = any(",
+    trace_ids!(),
+    ")"
+);
 
 /// The execution whose producer span has this traceparent (the seed's lookup).
 pub const EXECUTION_BY_TRACEPARENT: &str = "
-select id
-from pgconductor._private_executions
-where trace_context ->> 'traceparent' = $1";
+select e.id
+from pgconductor._private_executions e
+where e.id = any(array(
+    select t.execution_id from pgconductor._private_traceparents t where t.traceparent = $1))
+  and e.trace_context ->> 'traceparent' = $1";
 
 /// The bounds [`EXECUTIONS_OF_TRACE`] takes for a trace id (32 lower-case hex digits):
 /// every version-00 traceparent of that trace sorts between them.
@@ -438,16 +464,6 @@ macro_rules! trace_step_columns {
     };
 }
 
-/// The executions of one trace (`$1`, `$2` from [`trace_id_range`]), as an array.
-macro_rules! trace_ids {
-    () => {
-        "array(
-    select e.id from pgconductor._private_executions e
-    where (e.trace_context ->> 'traceparent') ~>=~ $1
-      and (e.trace_context ->> 'traceparent') ~<~ $2)"
-    };
-}
-
 /// Start the snapshot every trace query reads from.
 pub const TRACE_SNAPSHOT: &str = "start transaction isolation level repeatable read, read only";
 
@@ -461,14 +477,15 @@ where e.id = $1"
 );
 
 /// Every execution of one trace (`$1`, `$2` from [`trace_id_range`]), through the
-/// traceparent index.
+/// traceparent index. `= any(array(…))` keeps it an index lookup per execution.
 pub const TRACE_EXECUTIONS: &str = concat!(
     "select ",
     trace_execution_columns!(),
     "
 from pgconductor._private_executions e
-where (e.trace_context ->> 'traceparent') ~>=~ $1
-  and (e.trace_context ->> 'traceparent') ~<~ $2"
+where e.id = any(",
+    trace_ids!(),
+    ")"
 );
 
 /// Earlier attempts of every execution of one trace (`$1`, `$2` as for

@@ -299,3 +299,19 @@ pub fn run_with_stdin(cmd: &mut Command, args: &[&str], input: &[u8]) -> Run {
     writer.join().unwrap();
     out.into()
 }
+
+/// Runs SQL that writes execution rows by hand, then indexes their traceparents as pgc's
+/// own enqueues do in the same statement or transaction.
+pub async fn write_by_hand(client: &Client, sql: &str) -> Result<(), tokio_postgres::Error> {
+    client.batch_execute(sql).await?;
+    client
+        .batch_execute(
+            "insert into pgconductor._private_traceparents (traceparent, execution_id)
+             select e.trace_context ->> 'traceparent', e.id
+             from pgconductor._private_executions e
+             where e.trace_context ->> 'traceparent' is not null
+               and not exists (select 1 from pgconductor._private_traceparents t
+                               where t.execution_id = e.id)",
+        )
+        .await
+}

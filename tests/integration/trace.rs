@@ -14,7 +14,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::support::{Run, TestDb, run};
+use crate::support::{Run, TestDb, run, write_by_hand};
 
 const CALLER: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -314,7 +314,7 @@ values
 #[tokio::test]
 async fn snapshots_of_a_fixed_trace_as_table_and_json() {
     let db = TestDb::migrated().await;
-    db.client().await.batch_execute(FIXTURE).await.unwrap();
+    write_by_hand(&db.client().await, FIXTURE).await.unwrap();
     let id = "01900000-0000-7000-8000-000000000002";
     let table = run(db.pgc().env("COLUMNS", "110"), &["trace", id]);
     assert_eq!(table.code, 0, "{}", table.stderr);
@@ -339,7 +339,7 @@ async fn snapshots_of_a_fixed_trace_as_table_and_json() {
 #[tokio::test]
 async fn otlp_json_decodes_as_an_export_request_with_the_stored_ids() {
     let db = TestDb::migrated().await;
-    db.client().await.batch_execute(FIXTURE).await.unwrap();
+    write_by_hand(&db.client().await, FIXTURE).await.unwrap();
     let out = run(
         db.pgc().env("OTEL_SERVICE_NAME", "ci-pipeline").env(
             "OTEL_RESOURCE_ATTRIBUTES",
@@ -555,7 +555,7 @@ fn serve<S: Read + Write>(stream: S, store: &Received) {
 async fn export_otlp_over_https_checks_the_certificate() {
     use prost::Message;
     let db = TestDb::migrated().await;
-    db.client().await.batch_execute(FIXTURE).await.unwrap();
+    write_by_hand(&db.client().await, FIXTURE).await.unwrap();
     let (endpoint, got, pem) = tls_receiver();
     let id = "01900000-0000-7000-8000-000000000003";
     // Not trusted: a one-line error, nothing sent.
@@ -585,7 +585,7 @@ async fn export_otlp_over_https_checks_the_certificate() {
 async fn export_otlp_delivers_the_spans_to_a_real_http_receiver() {
     use prost::Message;
     let db = TestDb::migrated().await;
-    db.client().await.batch_execute(FIXTURE).await.unwrap();
+    write_by_hand(&db.client().await, FIXTURE).await.unwrap();
     let (endpoint, got) = receiver();
     let out = run(
         db.pgc().env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
@@ -611,7 +611,7 @@ async fn export_otlp_delivers_the_spans_to_a_real_http_receiver() {
 #[tokio::test]
 async fn an_unreachable_endpoint_is_a_one_line_error() {
     let db = TestDb::migrated().await;
-    db.client().await.batch_execute(FIXTURE).await.unwrap();
+    write_by_hand(&db.client().await, FIXTURE).await.unwrap();
     let out = run(
         db.pgc().env(
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
@@ -636,7 +636,7 @@ async fn an_unreachable_endpoint_is_a_one_line_error() {
 #[tokio::test]
 async fn the_stdout_exporter_prints_every_span() {
     let db = TestDb::migrated().await;
-    db.client().await.batch_execute(FIXTURE).await.unwrap();
+    write_by_hand(&db.client().await, FIXTURE).await.unwrap();
     let out = run(
         &mut db.pgc(),
         &[
@@ -660,9 +660,9 @@ async fn the_stdout_exporter_prints_every_span() {
 async fn running_and_pending_executions_show_with_their_time_so_far() {
     let db = TestDb::migrated().await;
     let client = db.client().await;
-    client
-        .batch_execute(
-            r#"
+    write_by_hand(
+        &client,
+        r#"
 insert into pgconductor._private_executions
     (id, queue, task_key, status, attempts, trace_context, parent_span_id, created_at,
      started_at, attempt_span_id, locked_by, locked_until, run_at)
@@ -675,9 +675,9 @@ values
  '{"traceparent": "00-5bf92f3577b34da6a3ce929d0e0e4736-a000000000000012-01"}', 'b000000000000011',
  now() - interval '3 s', null, null, null, null, now() + interval '1 hour');
 "#,
-        )
-        .await
-        .unwrap();
+    )
+    .await
+    .unwrap();
     let doc = json(&run(
         &mut db.pgc(),
         &[
@@ -756,8 +756,8 @@ async fn bad_ids_missing_rows_and_malformed_context() {
 
     // A row whose stored context is malformed: its own root, with a warning.
     let client = db.client().await;
-    client
-        .batch_execute(
+    write_by_hand(
+            &client,
             r#"
 insert into pgconductor._private_executions (id, queue, task_key, trace_context, parent_span_id)
 values ('01900000-0000-7000-8000-000000000021', 'q', 'odd', '{"traceparent": "00-XYZ"}', 'b000000000000011'),
@@ -817,9 +817,8 @@ values ('01900000-0000-7000-8000-000000000021', 'q', 'odd', '{"traceparent": "00
 async fn a_closed_stdout_is_not_an_error() {
     let db = TestDb::migrated().await;
     // Enough spans that the output outgrows the pipe buffer.
-    db.client()
-        .await
-        .batch_execute(
+    write_by_hand(
+            &db.client().await,
             r#"
 insert into pgconductor._private_executions (id, queue, task_key, trace_context, parent_span_id)
 select gen_random_uuid(), 'q', 'fan-out',
@@ -861,10 +860,9 @@ from generate_series(1, 3000) i;
 #[tokio::test]
 async fn steps_hang_under_their_own_attempt_and_stored_ids_are_checked() {
     let db = TestDb::migrated().await;
-    db.client()
-        .await
-        .batch_execute(
-            r#"
+    write_by_hand(
+        &db.client().await,
+        r#"
 insert into pgconductor._private_executions
     (id, queue, task_key, status, attempts, max_attempts, trace_context, parent_span_id,
      created_at, started_at, attempt_span_id, finished_at, last_error)
@@ -893,9 +891,9 @@ values
 ('01900000-0000-7000-8000-000000000031', 1, 'test', 'c000000000000033', 'failed', null, 2,
  '2026-01-01 10:00:04.1+00', '2026-01-01 10:00:05+00');
 "#,
-        )
-        .await
-        .unwrap();
+    )
+    .await
+    .unwrap();
     let out = run(
         &mut db.pgc(),
         &[
@@ -970,7 +968,7 @@ values
 #[tokio::test]
 async fn the_plain_table_fits_a_narrow_terminal() {
     let db = TestDb::migrated().await;
-    db.client().await.batch_execute(FIXTURE).await.unwrap();
+    write_by_hand(&db.client().await, FIXTURE).await.unwrap();
     let out = run(
         db.pgc().env("COLUMNS", "72"),
         &["trace", "01900000-0000-7000-8000-000000000002"],
