@@ -631,28 +631,40 @@ pub async fn run(
     let traced = opts.telemetry.wants_spans();
     // When a retry this worker scheduled falls due.
     let mut retry_wake: Option<tokio::time::Instant> = None;
-    // Size of the claim the claimer is working on (0: none).
-    let mut claiming = 0usize;
-    // Reasons to claim seen so far (enqueue notifications, polls, …), and how many had
-    // been seen when the running claim was asked for.
+    // Reasons to claim seen so far (enqueue notifications, polls, …).
     let mut wakes = 0u64;
-    let mut wakes_at_claim = 0u64;
-    let (claim_tx, claim_rx) = tokio::sync::mpsc::unbounded_channel::<usize>();
-    let (claimed_tx, mut claimed_rx) =
-        tokio::sync::mpsc::unbounded_channel::<std::result::Result<Vec<tokio_postgres::Row>, ()>>();
-    let claimer = tokio::spawn(claimer(
-        Db::new(conn.clone(), None).with_telemetry(opts.telemetry.clone()),
-        ClaimQuery {
-            worker_id,
-            queues: opts.queues.clone(),
-            tasks: claimable.clone(),
-            lease_secs,
-            telemetry: opts.telemetry.clone(),
-        },
-        claim_rx,
-        claimed_tx,
-        events.clone(),
-    ));
+    // Claims run by claimer tasks, each on a connection of its own, so that this loop
+    // never waits for one. A second claimer claims while the first is busy, when there
+    // is room for both claims: PostgreSQL then works on two claims at once.
+    let (claimed_tx, mut claimed_rx) = tokio::sync::mpsc::unbounded_channel::<(
+        usize,
+        std::result::Result<Vec<tokio_postgres::Row>, ()>,
+    )>();
+    let mut claimers: Vec<Claimer> = (0..CLAIMERS)
+        .map(|index| {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<usize>();
+            let task = tokio::spawn(claimer(
+                index,
+                Db::new(conn.clone(), None).with_telemetry(opts.telemetry.clone()),
+                ClaimQuery {
+                    worker_id,
+                    queues: opts.queues.clone(),
+                    tasks: claimable.clone(),
+                    lease_secs,
+                    telemetry: opts.telemetry.clone(),
+                },
+                rx,
+                claimed_tx.clone(),
+                events.clone(),
+            ));
+            Claimer {
+                requests: tx,
+                task,
+                running: None,
+            }
+        })
+        .collect();
+    drop(claimed_tx);
     let mut stopping = false;
     let mut stopped_handlers = false;
     let mut deadline: Option<tokio::time::Instant> = None;
@@ -683,16 +695,21 @@ pub async fn run(
             }
         }
         let free = opts.concurrency.saturating_sub(inflight.len());
-        let room = (free + opts.prefetch).saturating_sub(local.len());
-        if !stopping && want_claim && room > 0 && claiming == 0 {
+        let claiming: usize = claimers.iter().filter_map(|c| c.running).map(|r| r.0).sum();
+        let mut room = (free + opts.prefetch).saturating_sub(local.len() + claiming);
+        for c in claimers.iter_mut().filter(|c| c.running.is_none()) {
+            if stopping || !want_claim || room == 0 {
+                break;
+            }
             // The claim runs in the claimer task: this loop goes on starting and
             // collecting handlers meanwhile.
             let n = room.min(opts.claim_batch);
-            if claim_tx.send(n).is_ok() {
-                claiming = n;
-                wakes_at_claim = wakes;
+            if c.requests.send(n).is_ok() {
+                c.running = Some((n, wakes));
+                room -= n;
             }
         }
+        let claiming = claimers.iter().any(|c| c.running.is_some());
         if stopping && !local.is_empty() {
             // Never started: give them back without using an attempt (if the database
             // is away, their leases expire and another worker recovers them).
@@ -705,14 +722,14 @@ pub async fn run(
             }
         }
 
-        if stopping && inflight.is_empty() && unsettled == 0 && claiming == 0 && local.is_empty() {
+        if stopping && inflight.is_empty() && unsettled == 0 && !claiming && local.is_empty() {
             break;
         }
         if opts.until_empty
             && !stopping
             && inflight.is_empty()
             && local.is_empty()
-            && claiming == 0
+            && !claiming
             && unsettled == 0
             && !want_claim
             && let Some(client) = db.client(&events).await
@@ -757,8 +774,11 @@ pub async fn run(
                 if hard_stop.is_some() => {
                 break;
             }
-            Some(claimed) = claimed_rx.recv() => {
-                claiming = 0;
+            Some((index, claimed)) = claimed_rx.recv() => {
+                let wakes_at_claim = claimers
+                    .get_mut(index)
+                    .and_then(|c| c.running.take())
+                    .map_or(wakes, |r| r.1);
                 match claimed {
                     Ok(rows) => {
                         // A short batch may only mean that other workers held rows
@@ -931,8 +951,10 @@ pub async fn run(
     }
 
     listener_stop.cancel();
-    drop(claim_tx);
-    claimer.abort();
+    for c in claimers {
+        drop(c.requests);
+        c.task.abort();
+    }
     drop(settle_tx);
     let mut report = if hard_stop.is_some_and(|d| tokio::time::Instant::now() >= d) {
         settler.abort();
@@ -948,6 +970,18 @@ pub async fn run(
         let _ = client.execute(sql::WORKER_STOPPED, &[&worker_id]).await;
     }
     Ok(report)
+}
+
+/// Claimer tasks per worker (see [`claimer`]).
+const CLAIMERS: usize = 2;
+
+/// One claimer task, as the worker's loop sees it.
+struct Claimer {
+    requests: tokio::sync::mpsc::UnboundedSender<usize>,
+    task: tokio::task::JoinHandle<()>,
+    /// The claim it works on: its size, and how many wake-ups had been seen when it
+    /// was asked for.
+    running: Option<(usize, u64)>,
 }
 
 /// What the claimer claims with.
@@ -1004,10 +1038,14 @@ async fn count_queues(
 /// waits for a claim. Answers every request: the rows, or `Err` after reporting the
 /// trouble and waiting out the reconnect backoff.
 async fn claimer(
+    index: usize,
     mut db: Db,
     q: ClaimQuery,
     mut requests: tokio::sync::mpsc::UnboundedReceiver<usize>,
-    answers: tokio::sync::mpsc::UnboundedSender<std::result::Result<Vec<tokio_postgres::Row>, ()>>,
+    answers: tokio::sync::mpsc::UnboundedSender<(
+        usize,
+        std::result::Result<Vec<tokio_postgres::Row>, ()>,
+    )>,
     events: EventSink,
 ) {
     while let Some(n) = requests.recv().await {
@@ -1040,7 +1078,7 @@ async fn claimer(
         if answer.is_err() {
             tokio::time::sleep_until(db.retry_at.into()).await;
         }
-        if answers.send(answer).is_err() {
+        if answers.send((index, answer)).is_err() {
             return;
         }
     }
