@@ -332,6 +332,7 @@ type Key = (Uuid, i32);
 
 struct InFlight {
     task: String,
+    queue: Arc<str>,
     attempt: i32,
     stop: CancellationToken,
     meta: Option<Arc<AttemptMeta>>,
@@ -344,6 +345,7 @@ struct Done {
     cancelled: bool,
     generation: i32,
     task: String,
+    queue: Arc<str>,
     attempt: i32,
     duration: Duration,
     outcome: Outcome,
@@ -356,7 +358,6 @@ struct Done {
 
 /// What the live span of an attempt needs besides its outcome.
 struct AttemptMeta {
-    queue: String,
     parent_execution_id: Option<Uuid>,
     /// The stored producer carrier, when it is readable.
     producer: Option<TraceParent>,
@@ -380,7 +381,7 @@ impl Done {
             span_id: &meta.span_id,
             execution_id: self.id,
             task: &self.task,
-            queue: &meta.queue,
+            queue: &self.queue,
             parent_execution_id: meta.parent_execution_id,
             execution_status,
             attempt: self.attempt,
@@ -836,6 +837,7 @@ pub async fn run(
                                 cancelled: false,
                                 generation,
                                 task: f.task.clone(),
+                                queue: f.queue.clone(),
                                 attempt: f.attempt,
                                 duration: Duration::ZERO,
                                 outcome: Outcome::Failed(format!("handler panicked: {e}")),
@@ -879,6 +881,7 @@ pub async fn run(
                                     cancelled: true,
                                     generation,
                                     task: row.try_get(2).unwrap_or_default(),
+                                    queue: Arc::from(row.try_get::<_, &str>(1).unwrap_or_default()),
                                     attempt: row.try_get(4).unwrap_or_default(),
                                     duration: Duration::ZERO,
                                     outcome: Outcome::Stopped,
@@ -1189,9 +1192,9 @@ fn start(
     let (traceparent, tracestate) =
         attempt_context(producer.as_ref(), trace_context.as_ref(), &span);
     let attempt_tp: Arc<str> = Arc::from(traceparent.as_str());
+    let queue_name: Arc<str> = Arc::from(queue.as_str());
     let meta = traced.then(|| {
         Arc::new(AttemptMeta {
-            queue: queue.clone(),
             parent_execution_id,
             producer,
             span_id: span,
@@ -1214,6 +1217,7 @@ fn start(
     let task_name = task.clone();
     let done_meta = meta.clone();
     let done_tp = attempt_tp.clone();
+    let done_queue = queue_name.clone();
     let spawned = joins.spawn(async move {
         let started = Instant::now();
         let outcome = match handler {
@@ -1227,6 +1231,7 @@ fn start(
             cancelled: false,
             generation,
             task: task_name,
+            queue: done_queue,
             attempt,
             duration: started.elapsed(),
             outcome,
@@ -1239,6 +1244,7 @@ fn start(
         spawned.id(),
         InFlight {
             task,
+            queue: queue_name,
             attempt,
             stop,
             meta,
@@ -1525,7 +1531,7 @@ async fn settle_all(
     for (id, outcome, message, status) in outcomes {
         let Some(d) = by_id.get(&id) else { continue };
         opts.telemetry.event(&TelemetryEvent::Execution {
-            queue: d.meta.as_ref().map_or("", |m| m.queue.as_str()),
+            queue: &d.queue,
             task: &d.task,
             execution_id: d.id,
             attempt: d.attempt,

@@ -454,6 +454,8 @@ async fn metrics_reach_a_real_receiver_with_the_final_export() {
         "no spans were asked for"
     );
     let mut names = std::collections::BTreeSet::new();
+    // The queue of each attempt's duration, with traces off (nothing kept for spans).
+    let mut task_queues = Vec::new();
     for (_, _, body) in got.iter() {
         let request = ExportMetricsServiceRequest::decode(body.as_slice()).unwrap();
         for m in request
@@ -463,7 +465,25 @@ async fn metrics_reach_a_real_receiver_with_the_final_export() {
             .flat_map(|s| &s.metrics)
         {
             names.insert(m.name.clone());
+            use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+            if let (true, Some(Data::Histogram(h))) =
+                (m.name == "pgconductor.task.duration", &m.data)
+            {
+                for point in &h.data_points {
+                    let queue = point
+                        .attributes
+                        .iter()
+                        .find(|kv| kv.key == "messaging.destination.name")
+                        .and_then(|kv| kv.value.as_ref()?.value.clone());
+                    task_queues.push(queue);
+                }
+            }
         }
+    }
+    assert!(!task_queues.is_empty());
+    for queue in task_queues {
+        use opentelemetry_proto::tonic::common::v1::any_value::Value as V;
+        assert_eq!(queue, Some(V::StringValue("default".into())));
     }
     for expected in [
         "messaging.client.sent.messages",
