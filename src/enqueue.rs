@@ -341,6 +341,9 @@ pub struct BatchOptions {
     pub incoming: Incoming,
     /// Commit every this many rows instead of once at the end (not all-or-nothing).
     pub commit_every: Option<u64>,
+    /// Where each new execution's producer span and the sent-messages counts go, once
+    /// the transaction that wrote them has committed (nowhere by default).
+    pub telemetry: crate::telemetry::Hooks,
 }
 
 impl Default for BatchOptions {
@@ -353,6 +356,7 @@ impl Default for BatchOptions {
             parent_execution_id: None,
             incoming: Incoming::Absent,
             commit_every: None,
+            telemetry: crate::telemetry::Hooks::default(),
         }
     }
 }
@@ -366,6 +370,10 @@ pub struct BatchSummary {
     pub deduplicated: u64,
     /// Input lines read, blank ones included.
     pub lines: u64,
+    /// New executions that got no live producer span because their transaction held
+    /// more than [`MAX_BATCH_SPANS`] (only when spans are exported).
+    #[serde(skip)]
+    pub unspanned: u64,
     /// Input bytes read.
     pub bytes: u64,
 }
@@ -450,6 +458,100 @@ async fn flush_copies(
     Ok(())
 }
 
+/// Producer spans a batch keeps per transaction until it commits; beyond them a
+/// transaction's rows are counted but get no live span (use `commit_every` for more).
+pub const MAX_BATCH_SPANS: usize = 100_000;
+
+/// What one transaction of a batch wrote, for telemetry after its commit.
+#[derive(Default)]
+struct Written {
+    /// New executions per queue.
+    per_queue: std::collections::BTreeMap<String, u64>,
+    /// Producer spans, when the telemetry wants them.
+    spans: Vec<BatchSpan>,
+    /// New executions past [`MAX_BATCH_SPANS`].
+    unspanned: u64,
+}
+
+/// One new execution's producer span, as far as it is known before the commit.
+struct BatchSpan {
+    id: Uuid,
+    queue: String,
+    task: String,
+    traceparent: String,
+    parent_span_id: Option<String>,
+    priority: i32,
+    max_attempts: i32,
+    start: DateTime<Utc>,
+}
+
+impl Written {
+    fn add(
+        &mut self,
+        id: Uuid,
+        row: &Row<'_>,
+        traceparent: &str,
+        parent_span_id: Option<&str>,
+        opts: &BatchOptions,
+    ) {
+        match self.per_queue.get_mut(row.queue.as_ref()) {
+            Some(n) => *n += 1,
+            None => {
+                self.per_queue.insert(row.queue.to_string(), 1);
+            }
+        }
+        if !opts.telemetry.wants_spans() {
+            return;
+        }
+        if self.spans.len() >= MAX_BATCH_SPANS {
+            self.unspanned += 1;
+            return;
+        }
+        self.spans.push(BatchSpan {
+            id,
+            queue: row.queue.to_string(),
+            task: row.task.to_string(),
+            traceparent: traceparent.to_string(),
+            parent_span_id: parent_span_id.map(str::to_string),
+            priority: row.priority,
+            max_attempts: row.max_attempts,
+            start: Utc::now(),
+        });
+    }
+
+    /// Reports the committed transaction's spans and counts; returns how many new
+    /// executions got no span.
+    fn report(self, opts: &BatchOptions) -> u64 {
+        let telemetry = &opts.telemetry;
+        let end = Utc::now();
+        for s in &self.spans {
+            let enqueued = Enqueued {
+                id: s.id,
+                queue: s.queue.clone(),
+                task: s.task.clone(),
+                traceparent: s.traceparent.clone(),
+                tracestate: None,
+                parent_span_id: s.parent_span_id.clone(),
+                parent_execution_id: opts.parent_execution_id,
+                run_at: end,
+                deduplicated: false,
+            };
+            if let Some((trace_id, span)) =
+                crate::trace::enqueue_span(&enqueued, s.priority, s.max_attempts, s.start, end)
+            {
+                telemetry.span(&trace_id, &span);
+            }
+        }
+        for (queue, count) in &self.per_queue {
+            telemetry.event(&crate::telemetry::TelemetryEvent::Sent {
+                queue,
+                count: *count,
+            });
+        }
+        self.unspanned
+    }
+}
+
 /// How often the progress callback is called, in rows.
 const PROGRESS_EVERY: u64 = 10_000;
 
@@ -528,6 +630,8 @@ async fn run_batch<R: AsyncBufRead + Unpin>(
         let mut copy: Option<Pin<Box<BinaryCopyInWriter>>> = None;
         // The traceparent index rows of what `copy` wrote.
         let mut traceparents: Vec<(String, Uuid)> = Vec::new();
+        // What this transaction wrote, reported once it commits.
+        let mut written = Written::default();
         let mut queues: BTreeSet<String> = BTreeSet::new();
         let mut in_tx = 0u64;
         while in_tx < commit_every {
@@ -569,11 +673,12 @@ async fn run_batch<R: AsyncBufRead + Unpin>(
                 // COPY cannot skip conflicts: end the running COPY and insert this row
                 // on its own, with ON CONFLICT DO NOTHING.
                 flush_copies(&tx, &mut copy, &mut traceparents).await?;
+                let id = Uuid::now_v7();
                 let rows = tx
                     .query(
                         sql::ENQUEUE,
                         &[
-                            &Uuid::now_v7(),
+                            &id,
                             &row.queue.as_ref(),
                             &row.task.as_ref(),
                             &JsonText(row.payload),
@@ -592,6 +697,7 @@ async fn run_batch<R: AsyncBufRead + Unpin>(
                     summary.deduplicated += 1;
                 } else {
                     summary.enqueued += 1;
+                    written.add(id, &row, &traceparent, parent_span_id.as_deref(), opts);
                 }
             } else {
                 if traceparents.len() >= TRACEPARENTS_EVERY {
@@ -603,6 +709,7 @@ async fn run_batch<R: AsyncBufRead + Unpin>(
                 }
                 if let Some(w) = copy.as_mut() {
                     let id = Uuid::now_v7();
+                    written.add(id, &row, &traceparent, parent_span_id.as_deref(), opts);
                     traceparents.push((traceparent, id));
                     w.as_mut()
                         .write(&[
@@ -639,6 +746,7 @@ async fn run_batch<R: AsyncBufRead + Unpin>(
             return Err(e.into());
         }
         committed.rows = summary.enqueued;
+        summary.unspanned += written.report(opts);
     }
     progress(Progress {
         rows: summary.enqueued + summary.deduplicated,

@@ -1167,7 +1167,8 @@ impl Serialize for AttrValue<'_> {
 /// Returns the trace id with it; `None` when the stored carrier cannot be read.
 pub fn enqueue_span(
     enqueued: &crate::enqueue::Enqueued,
-    new: &crate::enqueue::NewExecution,
+    priority: i32,
+    max_attempts: i32,
     start: DateTime<Utc>,
     end: DateTime<Utc>,
 ) -> Option<(String, Span)> {
@@ -1177,8 +1178,8 @@ pub fn enqueue_span(
         task: enqueued.task.clone(),
         queue: enqueued.queue.clone(),
         status: "pending".to_string(),
-        priority: new.priority,
-        max_attempts: new.max_attempts,
+        priority,
+        max_attempts,
         parent_execution_id: enqueued.parent_execution_id,
         flags: tp.flags.to_u8(),
     });

@@ -231,7 +231,9 @@ async fn traced_enqueue(
             queue: &done.queue,
             count: 1,
         });
-        if let Some((trace_id, span)) = crate::trace::enqueue_span(&done, new, start, end) {
+        if let Some((trace_id, span)) =
+            crate::trace::enqueue_span(&done, new.priority, new.max_attempts, start, end)
+        {
             telemetry.hooks().span(&trace_id, &span);
         }
     }
@@ -303,8 +305,17 @@ async fn run_batch(global: &GlobalArgs, args: &EnqueueArgs, source: &str) -> Res
         parent_execution_id: parent_execution_id(),
         incoming: incoming(args),
         commit_every: args.commit_every,
+        telemetry: Default::default(),
     };
     let mut client = connect(global).await?;
+    // Each committed row's producer span, and the sent counts per queue; flushed while
+    // the batch runs, so that the exporter's bounded queue drains as it fills.
+    let mut telemetry = CliTelemetry::from_env();
+    telemetry.start_flushing();
+    let opts = BatchOptions {
+        telemetry: telemetry.shared(),
+        ..opts
+    };
     migrate::check_schema(&client).await?;
 
     let bar = progress_bar(size);
@@ -318,6 +329,8 @@ async fn run_batch(global: &GlobalArgs, args: &EnqueueArgs, source: &str) -> Res
     })
     .await;
     bar.finish_and_clear();
+    // What committed is reported, whether or not the whole batch did.
+    telemetry.finish().await;
     let summary = outcome.map_err(|f| {
         let what = if f.commit_uncertain {
             format!(
@@ -332,13 +345,13 @@ async fn run_batch(global: &GlobalArgs, args: &EnqueueArgs, source: &str) -> Res
         anyhow::Error::new(f.error).context(what)
     })?;
     let secs = started.elapsed().as_secs_f64();
-    // Counted under the default queue of the batch (lines may name others).
-    let mut telemetry = CliTelemetry::from_env();
-    telemetry.hooks().event(&TelemetryEvent::Sent {
-        queue: &args.queue,
-        count: summary.enqueued,
-    });
-    telemetry.finish().await;
+    if summary.unspanned > 0 {
+        warn(&format!(
+            "{} executions got no live producer span: a transaction keeps at most {} until it commits (use --commit-every)",
+            summary.unspanned,
+            enqueue::MAX_BATCH_SPANS
+        ));
+    }
     if args.json {
         write_stdout(&format!("{}\n", serde_json::to_string(&summary)?))?;
     }

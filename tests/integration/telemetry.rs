@@ -78,6 +78,106 @@ async fn enqueue_exports_its_producer_span_with_the_stored_ids() {
 }
 
 #[tokio::test]
+async fn a_batch_exports_each_committed_row_s_producer_span_and_sent_counts_per_queue() {
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+    let db = TestDb::migrated().await;
+    let (endpoint, got) = receiver();
+    let lines = b"{\"task\":\"a\"}\n{\"task\":\"b\",\"queue\":\"mail\"}\n{\"task\":\"c\"}\n\
+        {\"task\":\"d\",\"dedupe_key\":\"k\"}\n{\"task\":\"d\",\"dedupe_key\":\"k\"}\n";
+    let out = crate::support::run_with_stdin(
+        db.pgc()
+            .env("TRACEPARENT", CALLER)
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+            .env("OTEL_METRIC_EXPORT_INTERVAL", "3600000"),
+        &["enqueue", "--batch", "-", "--commit-every", "2"],
+        lines,
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let stored: std::collections::BTreeSet<(String, String)> = db
+        .client()
+        .await
+        .query(
+            "select id::text, trace_context ->> 'traceparent' from pgconductor._private_executions",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(stored.len(), 4, "the second dedupe line wrote nothing");
+    let got = got.lock().unwrap();
+    let mut exported = std::collections::BTreeSet::new();
+    let mut sent = std::collections::BTreeMap::new();
+    for (path, _, body) in got.iter() {
+        if path == "/v1/traces" {
+            let request = ExportTraceServiceRequest::decode(body.as_slice()).unwrap();
+            for span in request
+                .resource_spans
+                .iter()
+                .flat_map(|r| &r.scope_spans)
+                .flat_map(|s| &s.spans)
+            {
+                assert_eq!(span.name, "conductor.invoke");
+                assert_eq!(span.kind, SpanKind::Producer as i32);
+                assert_eq!(hex::encode(&span.parent_span_id), "00f067aa0ba902b7");
+                let id = span
+                    .attributes
+                    .iter()
+                    .find(|kv| kv.key == "pgconductor.execution_id")
+                    .and_then(|kv| kv.value.as_ref()?.value.clone());
+                use opentelemetry_proto::tonic::common::v1::any_value::Value as V;
+                let Some(V::StringValue(id)) = id else {
+                    panic!("no execution id on {span:?}")
+                };
+                let traceparent = format!(
+                    "00-{}-{}-01",
+                    hex::encode(&span.trace_id),
+                    hex::encode(&span.span_id)
+                );
+                exported.insert((id, traceparent));
+            }
+        } else {
+            let request = ExportMetricsServiceRequest::decode(body.as_slice()).unwrap();
+            for m in request
+                .resource_metrics
+                .iter()
+                .flat_map(|r| &r.scope_metrics)
+                .flat_map(|s| &s.metrics)
+                .filter(|m| m.name == "messaging.client.sent.messages")
+            {
+                let Some(Data::Sum(sum)) = &m.data else {
+                    panic!("{m:?}")
+                };
+                for point in &sum.data_points {
+                    let queue = point
+                        .attributes
+                        .iter()
+                        .find(|kv| kv.key == "messaging.destination.name")
+                        .map(|kv| format!("{:?}", kv.value))
+                        .unwrap_or_default();
+                    sent.insert(queue, format!("{:?}", point.value));
+                }
+            }
+        }
+    }
+    assert_eq!(
+        exported, stored,
+        "one span per new row, with its stored ids"
+    );
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    for (queue, value) in sent {
+        let expected = if queue.contains("\"mail\"") {
+            "AsInt(1)"
+        } else {
+            "AsInt(3)"
+        };
+        assert!(value.contains(expected), "{queue}: {value}");
+    }
+}
+
+#[tokio::test]
 async fn nothing_is_exported_when_disabled_or_set_to_none() {
     let db = TestDb::migrated().await;
     let (endpoint, got) = receiver();
