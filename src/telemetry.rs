@@ -7,6 +7,8 @@
 //! is [`otel`], behind the `otel` cargo feature.
 
 #[cfg(feature = "otel")]
+pub mod logs;
+#[cfg(feature = "otel")]
 pub mod metrics;
 #[cfg(feature = "otel")]
 pub mod otel;

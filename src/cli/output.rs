@@ -51,6 +51,19 @@ pub fn json_logs() -> bool {
     JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// Where pgc's log lines also go (OpenTelemetry logs, when `OTEL_LOGS_EXPORTER` asks).
+pub type LogSink = std::sync::Arc<dyn Fn(&str, &str, &LogContext<'_>) + Send + Sync>;
+
+static LOG_SINK: std::sync::RwLock<Option<LogSink>> = std::sync::RwLock::new(None);
+
+/// Sends pgc's log lines to `sink` too (`None`: stderr only).
+#[cfg_attr(not(feature = "otel"), allow(dead_code))]
+pub fn set_log_sink(sink: Option<LogSink>) {
+    if let Ok(mut s) = LOG_SINK.write() {
+        *s = sink;
+    }
+}
+
 /// What a log line is about: with a `traceparent`, a JSON line carries its `trace_id`
 /// and `span_id`, so logs join traces.
 #[derive(Debug, Default, Clone, Copy)]
@@ -69,6 +82,10 @@ pub struct LogContext<'a> {
 /// `--log-format json` an object with `time`, `level`, `message` and the context.
 pub fn log_line(level: &str, text: &str, ctx: &LogContext<'_>) {
     let text = text.replace('\n', " ");
+    let sink = LOG_SINK.read().ok().and_then(|s| s.clone());
+    if let Some(sink) = sink {
+        sink(level, &text, ctx);
+    }
     if !json_logs() {
         let prefix = match level {
             "warn" => "warning: ",

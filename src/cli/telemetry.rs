@@ -26,22 +26,55 @@ impl CliTelemetry {
             for w in warnings {
                 warn(&w);
             }
+            let otel = otel.map(std::sync::Arc::new);
+            if let Some(o) = otel.as_ref().filter(|o| o.wants_logs()) {
+                let o = o.clone();
+                super::output::set_log_sink(Some(std::sync::Arc::new(
+                    move |level: &str, text: &str, ctx: &super::output::LogContext<'_>| {
+                        o.log(
+                            level,
+                            text,
+                            &crate::telemetry::logs::LogFields {
+                                traceparent: ctx.traceparent,
+                                execution_id: ctx.execution_id,
+                                task: ctx.task,
+                                attempt: ctx.attempt,
+                            },
+                        );
+                    },
+                )));
+            }
             CliTelemetry {
-                otel: otel.map(std::sync::Arc::new),
+                otel,
                 flusher: None,
             }
         }
         #[cfg(not(feature = "otel"))]
         {
-            let configured = [
+            // Some exporter is asked for: a signal's exporter variable other than
+            // `none`, or an OTLP endpoint while no exporter variable says otherwise.
+            let var = |v: &str| std::env::var(v).ok().filter(|v| !v.trim().is_empty());
+            let signals = [
                 "OTEL_TRACES_EXPORTER",
+                "OTEL_METRICS_EXPORTER",
+                "OTEL_LOGS_EXPORTER",
+            ];
+            let named = signals
+                .iter()
+                .filter_map(|v| var(v))
+                .any(|v| v.trim() != "none");
+            let endpoint = [
                 "OTEL_EXPORTER_OTLP_ENDPOINT",
                 "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+                "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
             ]
             .iter()
-            .any(|v| std::env::var_os(v).is_some_and(|v| !v.is_empty()));
-            let none = std::env::var("OTEL_TRACES_EXPORTER").is_ok_and(|v| v.trim() == "none");
-            if configured && !none {
+            .any(|v| var(v).is_some());
+            let all_none = signals
+                .iter()
+                .all(|v| var(v).is_some_and(|v| v.trim() == "none"));
+            if named || (endpoint && !all_none) {
                 warn("this pgc was built without the otel feature: no telemetry is exported");
             }
             CliTelemetry {}
@@ -91,18 +124,29 @@ impl CliTelemetry {
                 let _ = task.await;
             }
             if let Some(otel) = &self.otel {
+                // Spans, metrics and logs are exported at once, so that a dead
+                // collector delays exit by about one export timeout, not three.
                 let limit = crate::telemetry::otel::otlp_timeout();
-                match tokio::time::timeout(limit, otel.flush()).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => warn(&e),
-                    Err(_) => warn(&format!(
-                        "spans not exported: {} did not answer within {}",
-                        otel.destinations(),
-                        humantime::format_duration(limit)
-                    )),
-                }
-                if let Err(e) = otel.shutdown_metrics(limit).await {
-                    warn(&e);
+                let spans = async {
+                    match tokio::time::timeout(limit, otel.flush()).await {
+                        Ok(Ok(_)) => None,
+                        Ok(Err(e)) => Some(e),
+                        Err(_) => Some(format!(
+                            "spans not exported: {} did not answer within {}",
+                            otel.destinations(),
+                            humantime::format_duration(limit)
+                        )),
+                    }
+                };
+                let (spans, metrics, logs) = tokio::join!(
+                    spans,
+                    otel.shutdown_metrics(limit),
+                    otel.shutdown_logs(limit)
+                );
+                // These lines go to stderr only: the log exporter has stopped.
+                super::output::set_log_sink(None);
+                for problem in [spans, metrics.err(), logs.err()].into_iter().flatten() {
+                    warn(&problem);
                 }
             }
         }

@@ -144,6 +144,7 @@ pub struct OtelTelemetry {
     /// Where spans go, for messages.
     destinations: String,
     metrics: Option<super::metrics::Metrics>,
+    logs: Option<super::logs::Logs>,
     sinks: tokio::sync::Mutex<Vec<Sink>>,
     pending: Mutex<Vec<SpanData>>,
     dropped: std::sync::atomic::AtomicU64,
@@ -204,6 +205,7 @@ impl OtelTelemetry {
         let (resource, resource_warning) = Resource::from_env();
         warnings.extend(resource_warning);
         let metrics = super::metrics::Metrics::from_env(&resource, &mut warnings);
+        let logs = super::logs::Logs::from_env(&resource, &mut warnings);
         let mut sinks = Vec::new();
         for name in &names {
             match name.as_str() {
@@ -220,7 +222,7 @@ impl OtelTelemetry {
                 )),
             }
         }
-        if sinks.is_empty() && metrics.is_none() {
+        if sinks.is_empty() && metrics.is_none() && logs.is_none() {
             return (None, warnings);
         }
         let destinations = sinks
@@ -235,6 +237,7 @@ impl OtelTelemetry {
             traced: !sinks.is_empty(),
             destinations,
             metrics,
+            logs,
             sinks: tokio::sync::Mutex::new(sinks),
             pending: Mutex::new(Vec::new()),
             dropped: std::sync::atomic::AtomicU64::new(0),
@@ -247,6 +250,26 @@ impl OtelTelemetry {
     /// Where spans go (endpoints, or `stderr`), for messages.
     pub fn destinations(&self) -> &str {
         &self.destinations
+    }
+
+    /// Whether `OTEL_LOGS_EXPORTER` asked for pgc's log lines.
+    pub fn wants_logs(&self) -> bool {
+        self.logs.is_some()
+    }
+
+    /// Records one of pgc's log lines, when logs are exported.
+    pub fn log(&self, level: &str, text: &str, fields: &super::logs::LogFields<'_>) {
+        if let Some(logs) = &self.logs {
+            logs.emit(level, text, fields);
+        }
+    }
+
+    /// Exports the last log records and stops the logger provider, within `limit`.
+    pub async fn shutdown_logs(&self, limit: std::time::Duration) -> Result<(), String> {
+        match &self.logs {
+            Some(l) => l.shutdown(limit).await,
+            None => Ok(()),
+        }
     }
 
     /// Exports the last metrics and stops the meter provider, within `limit`.

@@ -254,7 +254,8 @@ async fn a_worked_trace_exported_live_agrees_span_for_span_with_its_rebuild() {
     let pgc = env!("CARGO_BIN_EXE_pgc");
     let with_otel = |cmd: &mut std::process::Command| {
         cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
-            .env("OTEL_METRICS_EXPORTER", "none");
+            .env("OTEL_METRICS_EXPORTER", "none")
+            .env("OTEL_LOGS_EXPORTER", "none");
     };
     let mut enqueue = db.pgc();
     with_otel(enqueue.env("TRACEPARENT", CALLER));
@@ -521,9 +522,11 @@ async fn metrics_reach_a_real_receiver_with_the_final_export() {
     let db = TestDb::migrated().await;
     let (endpoint, got) = receiver();
     let with_otel = |cmd: &mut std::process::Command| {
-        // Traces off: only metrics, exported once at exit (the interval is an hour).
+        // Traces and logs off: only metrics, exported once at exit (the interval is an
+        // hour).
         cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
             .env("OTEL_TRACES_EXPORTER", "none")
+            .env("OTEL_LOGS_EXPORTER", "none")
             .env("OTEL_METRIC_EXPORT_INTERVAL", "3600000");
     };
     for task in ["ok", "flaky"] {
@@ -671,6 +674,108 @@ async fn json_logs_carry_the_trace_and_span_of_their_execution() {
         .expect("the worker's line about it");
     assert_eq!(failed["span_id"], span);
     assert_eq!(failed["execution_id"], id.to_string());
+}
+
+#[tokio::test]
+async fn log_records_reach_a_real_receiver_with_their_execution_s_trace_and_span() {
+    use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as V;
+    let db = TestDb::migrated().await;
+    let out = run(&mut db.pgc(), &["enqueue", "t", "--max-attempts", "1"]);
+    let id = Uuid::parse_str(out.stdout.trim()).unwrap();
+    let (endpoint, got) = receiver();
+    // Logs only; OTEL_LOGS_EXPORTER unset means otlp once an endpoint is set.
+    let out = run(
+        db.pgc()
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+            .env("OTEL_TRACES_EXPORTER", "none")
+            .env("OTEL_METRICS_EXPORTER", "none"),
+        &["work", "--until-empty", "--handler", "t=exit 1"],
+    );
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("failed (attempt 1)"), "{}", out.stderr);
+    let span: String = db
+        .client()
+        .await
+        .query_one(
+            "select attempt_span_id from pgconductor._private_executions where id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let tp = stored_traceparent(&db, id).await;
+    let got = got.lock().unwrap();
+    assert!(
+        got.iter().all(|(path, _, _)| path == "/v1/logs"),
+        "logs only"
+    );
+    let records: Vec<_> = got
+        .iter()
+        .flat_map(|(_, _, body)| {
+            ExportLogsServiceRequest::decode(body.as_slice())
+                .unwrap()
+                .resource_logs
+        })
+        .flat_map(|r| r.scope_logs)
+        .flat_map(|s| s.log_records)
+        .collect();
+    let failed = records
+        .iter()
+        .find(|r| {
+            matches!(
+                r.body.as_ref().and_then(|b| b.value.as_ref()),
+                Some(V::StringValue(s)) if s.contains("failed (attempt 1)")
+            )
+        })
+        .unwrap_or_else(|| panic!("the worker's line about the failure in {records:?}"));
+    assert_eq!(hex::encode(&failed.trace_id), &tp[3..35]);
+    assert_eq!(hex::encode(&failed.span_id), span, "the attempt's span");
+    assert_eq!(failed.severity_text, "INFO", "as the line's level");
+    assert!(
+        failed
+            .attributes
+            .iter()
+            .any(|kv| kv.key == "pgconductor.execution_id"
+                && format!("{:?}", kv.value).contains(&id.to_string())),
+        "{failed:?}"
+    );
+}
+
+#[tokio::test]
+async fn log_records_go_nowhere_with_none_and_to_stderr_with_console() {
+    let db = TestDb::migrated().await;
+    let (endpoint, got) = receiver();
+    let enqueue = ["enqueue", "t", "--max-attempts", "1"];
+    let work = ["work", "--until-empty", "--handler", "t=exit 1"];
+    run(&mut db.pgc(), &enqueue).ok();
+    let out = run(
+        db.pgc()
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+            .env("OTEL_TRACES_EXPORTER", "none")
+            .env("OTEL_METRICS_EXPORTER", "none")
+            .env("OTEL_LOGS_EXPORTER", "none"),
+        &work,
+    );
+    assert!(out.stderr.contains("failed (attempt 1)"), "{}", out.stderr);
+    assert!(got.lock().unwrap().is_empty(), "nothing exported");
+
+    run(&mut db.pgc(), &enqueue).ok();
+    let out = run(db.pgc().env("OTEL_LOGS_EXPORTER", "console"), &work);
+    let record: serde_json::Value = out
+        .stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .find(|v: &serde_json::Value| v["kind"] == "log")
+        .unwrap_or_else(|| panic!("a log record on stderr: {}", out.stderr));
+    assert_eq!(record["severity"], "INFO");
+    assert!(
+        record["body"]
+            .as_str()
+            .unwrap()
+            .contains("failed (attempt 1)")
+    );
+    assert_eq!(record["span_id"].as_str().map(str::len), Some(16));
 }
 
 #[tokio::test]
