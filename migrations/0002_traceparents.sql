@@ -8,6 +8,11 @@
 -- A row's traceparent never changes after enqueue, so its index entry only has to be
 -- written once.
 
+-- No execution may be written between the backfill below and the end of this
+-- migration without its index row (pgc processes of the previous version do not write
+-- one: upgrade them all together).
+lock table pgconductor._private_executions in share row exclusive mode;
+
 create table pgconductor._private_traceparents (
     -- The execution's producer carrier, as in trace_context ->> 'traceparent'.
     traceparent text collate "C" not null,

@@ -788,6 +788,11 @@ pub async fn run(
                         // A wake-up that came while the claim ran may be for rows it could
                         // not see yet: claim again then too.
                         want_claim = !rows.is_empty() || wakes != wakes_at_claim;
+                        if !rows.is_empty() {
+                            // So that the other claimer's empty answer, which may have
+                            // started before this one, does not stop claiming.
+                            wakes += 1;
+                        }
                         for row in rows {
                             if !stopping && inflight.len() < opts.concurrency {
                                 if let Err(e) = launch(&row, &handlers, &mut joins, &mut tasks, &mut inflight, traced) {
