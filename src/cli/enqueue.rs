@@ -308,8 +308,9 @@ async fn run_batch(global: &GlobalArgs, args: &EnqueueArgs, source: &str) -> Res
         telemetry: Default::default(),
     };
     let mut client = connect(global).await?;
-    // Each committed row's producer span, and the sent counts per queue; flushed while
-    // the batch runs, so that the exporter's bounded queue drains as it fills.
+    // Each committed row's producer span, and the sent counts per queue; exported while
+    // the batch runs (what does not fit the exporter's bounded queue is dropped and
+    // counted, as with any spans).
     let mut telemetry = CliTelemetry::from_env();
     telemetry.start_flushing();
     let opts = BatchOptions {

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, LoggerProvider as _, Severity};
-use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::logs::{
     BatchLogProcessor, LogBatch, LogExporter, SdkLogger, SdkLoggerProvider, SimpleLogProcessor,
 };
@@ -24,6 +24,8 @@ struct OnRuntime {
     runtime: tokio::runtime::Handle,
     /// Exports running now: the runtime must outlive them (see [`Logs::shutdown`]).
     in_flight: Arc<AtomicUsize>,
+    /// Cancelled when the command stops waiting: an export still running ends at once.
+    abandon: tokio_util::sync::CancellationToken,
 }
 
 impl LogExporter for OnRuntime {
@@ -34,7 +36,18 @@ impl LogExporter for OnRuntime {
         // The processor's thread is not a runtime thread, so it may wait here; the
         // runtime's own thread keeps driving the connection meanwhile.
         self.in_flight.fetch_add(1, Ordering::SeqCst);
-        let result = self.runtime.block_on(self.inner.export(batch));
+        let result = if self.abandon.is_cancelled() {
+            Err(OTelSdkError::InternalFailure("abandoned at exit".into()))
+        } else {
+            self.runtime.block_on(async {
+                tokio::select! {
+                    r = self.inner.export(batch) => r,
+                    () = self.abandon.cancelled() => {
+                        Err(OTelSdkError::InternalFailure("abandoned at exit".into()))
+                    }
+                }
+            })
+        };
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         async move { result }
     }
@@ -129,6 +142,7 @@ pub struct Logs {
     /// Where records go, for messages.
     destinations: String,
     in_flight: Arc<AtomicUsize>,
+    abandon: tokio_util::sync::CancellationToken,
 }
 
 impl Logs {
@@ -145,6 +159,7 @@ impl Logs {
         let mut builder = SdkLoggerProvider::builder().with_resource(resource.to_sdk());
         let mut destinations = Vec::new();
         let in_flight = Arc::new(AtomicUsize::new(0));
+        let abandon = tokio_util::sync::CancellationToken::new();
         if names.iter().any(|n| n == "otlp") {
             let runtime = tokio::runtime::Handle::try_current().ok()?;
             let target = signal_endpoint("LOGS", "logs");
@@ -166,6 +181,7 @@ impl Logs {
                             inner,
                             runtime,
                             in_flight: in_flight.clone(),
+                            abandon: abandon.clone(),
                         })
                         .build(),
                     );
@@ -188,6 +204,7 @@ impl Logs {
             logger,
             destinations: destinations.join(", "),
             in_flight,
+            abandon,
         })
     }
 
@@ -227,9 +244,8 @@ impl Logs {
         self.logger.emit(record);
     }
 
-    /// Exports what is recorded and stops the provider, within `limit` (and lets an
-    /// export still running end: it needs this runtime, and its HTTP client gives up
-    /// after the same export timeout).
+    /// Exports what is recorded and stops the provider, within `limit`; then abandons an
+    /// export still running (it needs this runtime, which ends with the command).
     pub async fn shutdown(&self, limit: Duration) -> Result<(), String> {
         let provider = self.provider.clone();
         let destinations = self.destinations.clone();
@@ -237,8 +253,10 @@ impl Logs {
         // The final export waits on this thread's runtime: run it from a blocking thread.
         let done = tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(limit));
         let result = tokio::time::timeout_at(deadline, done).await;
-        while self.in_flight.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        self.abandon.cancel();
+        let settle = tokio::time::Instant::now() + Duration::from_millis(200);
+        while self.in_flight.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < settle {
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         match result {
             Ok(Ok(Ok(()))) => Ok(()),
