@@ -116,6 +116,40 @@ impl Program {
 
 const SHELL: &str = "/bin/sh";
 
+impl Config {
+    /// The command to spawn. A direct program named without a `/` is looked up in `PATH`
+    /// once, as `execvp` would at every spawn (trying each directory in turn), and then
+    /// started by its path with the name it was given as `argv[0]`.
+    fn command(&self) -> Command {
+        if let Program::Direct { program, args } = &self.program
+            && let Some(path) = self.resolved.get_or_init(|| self.lookup(program)).as_ref()
+        {
+            let mut cmd = Command::new(path);
+            cmd.arg0(program).args(args);
+            return cmd;
+        }
+        self.program.command()
+    }
+
+    /// The first executable regular file named `program` in an absolute `PATH`
+    /// directory; `None` when the name has a `/`, the handler's own environment sets
+    /// `PATH`, or `PATH` has a relative entry (those keep the spawn-time lookup).
+    fn lookup(&self, program: &str) -> Option<std::path::PathBuf> {
+        use std::os::unix::fs::PermissionsExt;
+        if program.contains('/') || self.env.iter().any(|(k, _)| k == "PATH") {
+            return None;
+        }
+        let path = std::env::var_os("PATH")?;
+        let dirs: Vec<std::path::PathBuf> = std::env::split_paths(&path).collect();
+        if dirs.iter().any(|d| !d.is_absolute()) {
+            return None;
+        }
+        dirs.into_iter().map(|d| d.join(program)).find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+    }
+}
+
 /// Where passed-through stderr lines go.
 #[derive(Debug, Clone, Default)]
 enum Sink {
@@ -152,6 +186,9 @@ impl Sink {
 #[derive(Debug, Clone)]
 struct Config {
     program: Program,
+    /// A direct program's path, looked up in `PATH` at its first spawn (`None`: spawn it
+    /// by name).
+    resolved: std::sync::OnceLock<Option<std::path::PathBuf>>,
     env: Vec<(String, String)>,
     timeout: Option<Duration>,
     kill_grace: Duration,
@@ -199,6 +236,7 @@ impl CommandHandler {
         CommandHandler {
             config: Arc::new(Config {
                 program,
+                resolved: std::sync::OnceLock::new(),
                 env: Vec::new(),
                 timeout: None,
                 kill_grace: DEFAULT_KILL_GRACE,
@@ -300,7 +338,7 @@ async fn execute(config: Arc<Config>, job: Job, stop: CancellationToken) -> Outc
     if stop.is_cancelled() {
         return Outcome::Stopped;
     }
-    let mut cmd = config.program.command();
+    let mut cmd = config.command();
     cmd.envs(config.env.iter().map(|(k, v)| (k, v)))
         .env("TRACEPARENT", &job.traceparent)
         .env("PGC_EXECUTION_ID", job.execution_id.to_string())
@@ -879,6 +917,34 @@ mod tests {
         );
         assert_eq!(env["task"], "email.send");
         assert_eq!(env["tp"], j.traceparent.as_str());
+    }
+
+    #[tokio::test]
+    async fn a_direct_program_is_looked_up_once_and_keeps_its_name_as_argv0() {
+        // `sh -c 'printf "\"%s\"" "$0"'` prints its own argv[0].
+        let h = CommandHandler::new(Program::Direct {
+            program: "sh".into(),
+            args: vec!["-c".into(), r#"printf '"%s"' "$0""#.into()],
+        })
+        .pass_stderr(false);
+        assert_eq!(
+            run(&h, job("{}")).await,
+            Outcome::Completed(Some(r#""sh""#.into()))
+        );
+        let resolved = h.config.resolved.get().cloned().flatten();
+        let resolved = resolved.expect("found in PATH");
+        assert!(
+            resolved.is_absolute() && resolved.ends_with("sh"),
+            "{resolved:?}"
+        );
+        // A name with a slash, or a handler environment with its own PATH, is not looked up.
+        let h = CommandHandler::new(Program::Direct {
+            program: "./nowhere".into(),
+            args: vec![],
+        });
+        assert_eq!(h.config.lookup("./nowhere"), None);
+        let h = sh("true").env(vec![("PATH".into(), "/nowhere".into())]);
+        assert_eq!(h.config.lookup("sh"), None);
     }
 
     #[tokio::test]
