@@ -172,7 +172,16 @@ where
         .enable_all()
         .build()
         .map_err(|e| anyhow::anyhow!("could not start the async runtime: {e}"))?;
-    rt.block_on(f())
+    rt.block_on(async {
+        // The error line is written before the last exports, so that it is exported
+        // as a log record too.
+        let code = match f().await {
+            Ok(code) => code,
+            Err(e) => report(&e),
+        };
+        telemetry::finish_process().await;
+        Ok(code)
+    })
 }
 
 /// Prints an error as one line and picks the exit code.

@@ -1,5 +1,7 @@
 //! Live telemetry for one command: set up from the standard variables, handed to the
-//! library as hooks, and flushed before the command exits.
+//! library as hooks, and exported before the process exits — spans when the command
+//! says so, and everything (spans, the final metrics, log records) once its last line,
+//! an error included, is written.
 
 use crate::telemetry::{Hooks, NoTelemetry, Telemetry};
 
@@ -9,19 +11,55 @@ use super::output::warn;
 pub struct CliTelemetry {
     #[cfg(feature = "otel")]
     otel: Option<std::sync::Arc<crate::telemetry::otel::OtelTelemetry>>,
-    #[cfg(feature = "otel")]
+}
+
+/// The process's exporters, once a command has set them up, and how its exports at exit
+/// are going.
+#[cfg(feature = "otel")]
+#[derive(Default)]
+struct Process {
+    otel: Option<std::sync::Arc<crate::telemetry::otel::OtelTelemetry>>,
     flusher: Option<(
         tokio_util::sync::CancellationToken,
         tokio::task::JoinHandle<()>,
     )>,
+    /// An export at exit failed or timed out: the later ones get a short wait only, so
+    /// that a dead collector delays exit by about one export timeout in all.
+    failing: bool,
+    /// The meter provider made its final export already.
+    metrics_done: bool,
+}
+
+#[cfg(feature = "otel")]
+static PROCESS: std::sync::Mutex<Option<Process>> = std::sync::Mutex::new(None);
+
+#[cfg(feature = "otel")]
+fn with_process<T>(f: impl FnOnce(&mut Process) -> T) -> Option<T> {
+    let mut guard = PROCESS.lock().ok()?;
+    Some(f(guard.get_or_insert_with(Process::default)))
+}
+
+/// What an export at exit may wait: the export timeout, or a moment once one failed.
+#[cfg(feature = "otel")]
+fn exit_limit() -> std::time::Duration {
+    let failing = with_process(|p| p.failing).unwrap_or(false);
+    if failing {
+        std::time::Duration::from_millis(200)
+    } else {
+        crate::telemetry::otel::otlp_timeout()
+    }
 }
 
 impl CliTelemetry {
-    /// Reads `OTEL_SDK_DISABLED`, `OTEL_TRACES_EXPORTER` and the OTLP variables; a
-    /// configuration problem is a warning, never a failure of the command.
+    /// Reads `OTEL_SDK_DISABLED`, the `OTEL_*_EXPORTER` and OTLP variables; a
+    /// configuration problem is a warning, never a failure of the command. A second
+    /// call in the same process shares the exporters of the first.
     pub fn from_env() -> CliTelemetry {
         #[cfg(feature = "otel")]
         {
+            if let Some(Some(otel)) = with_process(|p| p.otel.clone()) {
+                return CliTelemetry { otel: Some(otel) };
+            }
             let (otel, warnings) = crate::telemetry::otel::OtelTelemetry::from_env();
             for w in warnings {
                 warn(&w);
@@ -44,10 +82,8 @@ impl CliTelemetry {
                     },
                 )));
             }
-            CliTelemetry {
-                otel,
-                flusher: None,
-            }
+            with_process(|p| p.otel = otel.clone());
+            CliTelemetry { otel }
         }
         #[cfg(not(feature = "otel"))]
         {
@@ -107,48 +143,91 @@ impl CliTelemetry {
             let otel = otel.clone();
             let token = stop.clone();
             let task = tokio::spawn(async move { otel.run_flusher(token, warn).await });
-            self.flusher = Some((stop, task));
+            with_process(|p| p.flusher = Some((stop, task)));
         }
     }
 
-    /// Exports what was recorded; a failure (an unreachable collector, say) is a warning.
+    /// Exports the spans recorded so far and the final metrics, now and at once (a
+    /// failure, an unreachable collector say, is a warning). The log records follow at
+    /// exit ([`finish_process`]), after the command's last line.
     pub async fn finish(&mut self) {
         #[cfg(feature = "otel")]
-        {
-            // An export in flight is abandoned (its spans are lost, as they would be to
-            // a collector that does not answer); the last flush gets one export timeout
-            // in all, so that a dead collector delays exit by at most that.
-            if let Some((stop, task)) = self.flusher.take() {
-                stop.cancel();
-                task.abort();
-                let _ = task.await;
+        if let Some(otel) = &self.otel {
+            stop_flusher().await;
+            let limit = exit_limit();
+            let (spans, metrics) =
+                tokio::join!(flush_spans(otel, limit), otel.shutdown_metrics(limit));
+            let problems: Vec<String> = [spans, metrics.err()].into_iter().flatten().collect();
+            with_process(|p| {
+                p.metrics_done = true;
+                p.failing |= !problems.is_empty();
+            });
+            for problem in problems {
+                warn(&problem);
             }
-            if let Some(otel) = &self.otel {
-                // Spans, metrics and logs are exported at once, so that a dead
-                // collector delays exit by about one export timeout, not three.
-                let limit = crate::telemetry::otel::otlp_timeout();
-                let spans = async {
-                    match tokio::time::timeout(limit, otel.flush()).await {
-                        Ok(Ok(_)) => None,
-                        Ok(Err(e)) => Some(e),
-                        Err(_) => Some(format!(
-                            "spans not exported: {} did not answer within {}",
-                            otel.destinations(),
-                            humantime::format_duration(limit)
-                        )),
-                    }
-                };
-                let (spans, metrics, logs) = tokio::join!(
-                    spans,
-                    otel.shutdown_metrics(limit),
-                    otel.shutdown_logs(limit)
-                );
-                // These lines go to stderr only: the log exporter has stopped.
-                super::output::set_log_sink(None);
-                for problem in [spans, metrics.err(), logs.err()].into_iter().flatten() {
-                    warn(&problem);
-                }
+        }
+    }
+}
+
+/// Stops the background exporter; an export in flight is abandoned (its spans are lost,
+/// as they would be to a collector that does not answer).
+#[cfg(feature = "otel")]
+async fn stop_flusher() {
+    if let Some(Some((stop, task))) = with_process(|p| p.flusher.take()) {
+        stop.cancel();
+        task.abort();
+        let _ = task.await;
+    }
+}
+
+/// The spans recorded so far, exported within `limit`; what went wrong.
+#[cfg(feature = "otel")]
+async fn flush_spans(
+    otel: &crate::telemetry::otel::OtelTelemetry,
+    limit: std::time::Duration,
+) -> Option<String> {
+    match tokio::time::timeout(limit, otel.flush()).await {
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => Some(e),
+        Err(_) => Some(format!(
+            "spans not exported: {} did not answer within {}",
+            otel.destinations(),
+            humantime::format_duration(limit)
+        )),
+    }
+}
+
+/// The process's last exports, after the command's last line (its error included):
+/// the spans left, the final metrics and the log records, at once, so that a dead
+/// collector delays exit by about one export timeout, not one per signal. Runs on every
+/// exit path of a command that set telemetry up.
+pub async fn finish_process() {
+    #[cfg(feature = "otel")]
+    {
+        let Some(Some((otel, metrics_done, failing))) =
+            with_process(|p| p.otel.take().map(|o| (o, p.metrics_done, p.failing)))
+        else {
+            return;
+        };
+        stop_flusher().await;
+        let limit = exit_limit();
+        // Lines from here on go to stderr only: the log exporter is stopping.
+        super::output::set_log_sink(None);
+        let metrics = async {
+            if metrics_done {
+                Ok(())
+            } else {
+                otel.shutdown_metrics(limit).await
             }
+        };
+        let (spans, metrics, logs) = tokio::join!(
+            flush_spans(&otel, limit),
+            metrics,
+            // After a failed export, records still waiting are given up at once.
+            otel.shutdown_logs(limit, failing)
+        );
+        for problem in [spans, metrics.err(), logs.err()].into_iter().flatten() {
+            warn(&problem);
         }
     }
 }

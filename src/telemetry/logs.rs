@@ -246,7 +246,11 @@ impl Logs {
 
     /// Exports what is recorded and stops the provider, within `limit`; then abandons an
     /// export still running (it needs this runtime, which ends with the command).
-    pub async fn shutdown(&self, limit: Duration) -> Result<(), String> {
+    /// `give_up`: abandon every export at once (the collector is known to be failing).
+    pub async fn shutdown(&self, limit: Duration, give_up: bool) -> Result<(), String> {
+        if give_up {
+            self.abandon.cancel();
+        }
         let provider = self.provider.clone();
         let destinations = self.destinations.clone();
         let deadline = tokio::time::Instant::now() + limit + Duration::from_millis(500);

@@ -264,10 +264,15 @@ impl OtelTelemetry {
         }
     }
 
-    /// Exports the last log records and stops the logger provider, within `limit`.
-    pub async fn shutdown_logs(&self, limit: std::time::Duration) -> Result<(), String> {
+    /// Exports the last log records and stops the logger provider, within `limit`
+    /// (`give_up`: export nothing more, the collector is known to be failing).
+    pub async fn shutdown_logs(
+        &self,
+        limit: std::time::Duration,
+        give_up: bool,
+    ) -> Result<(), String> {
         match &self.logs {
-            Some(l) => l.shutdown(limit).await,
+            Some(l) => l.shutdown(limit, give_up).await,
             None => Ok(()),
         }
     }

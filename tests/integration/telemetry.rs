@@ -138,7 +138,7 @@ async fn a_batch_exports_each_committed_row_s_producer_span_and_sent_counts_per_
                 );
                 exported.insert((id, traceparent));
             }
-        } else {
+        } else if path == "/v1/metrics" {
             let request = ExportMetricsServiceRequest::decode(body.as_slice()).unwrap();
             for m in request
                 .resource_metrics
@@ -776,6 +776,24 @@ async fn log_records_go_nowhere_with_none_and_to_stderr_with_console() {
             .contains("failed (attempt 1)")
     );
     assert_eq!(record["span_id"].as_str().map(str::len), Some(16));
+
+    // The command's last line, its error, is a record too.
+    let out = crate::support::run_with_stdin(
+        db.pgc().env("OTEL_LOGS_EXPORTER", "console"),
+        &["enqueue", "--batch", "-"],
+        b"{\"task\":\"a\"}\nnot json\n",
+    );
+    assert_ne!(out.code, 0, "{}", out.stderr);
+    let error = out
+        .stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["kind"] == "log" && v["severity"] == "ERROR")
+        .unwrap_or_else(|| panic!("the error as a log record: {}", out.stderr));
+    assert!(
+        error["body"].as_str().unwrap().contains("line 2"),
+        "{error}"
+    );
 }
 
 #[tokio::test]
