@@ -119,9 +119,11 @@ const SHELL: &str = "/bin/sh";
 impl Config {
     /// The command to spawn. A direct program named without a `/` is looked up in `PATH`
     /// once, as `execvp` would at every spawn (trying each directory in turn), and then
-    /// started by its path with the name it was given as `argv[0]`.
-    fn command(&self) -> Command {
-        if let Program::Direct { program, args } = &self.program
+    /// started by its path with the name it was given as `argv[0]` (`by_path`; without
+    /// it, by name, with the lookup at spawn).
+    fn command(&self, by_path: bool) -> Command {
+        if by_path
+            && let Program::Direct { program, args } = &self.program
             && let Some(path) = self.resolved.get_or_init(|| self.lookup(program)).as_ref()
         {
             let mut cmd = Command::new(path);
@@ -338,7 +340,25 @@ async fn execute(config: Arc<Config>, job: Job, stop: CancellationToken) -> Outc
     if stop.is_cancelled() {
         return Outcome::Stopped;
     }
-    let mut cmd = config.command();
+    let spawned = match prepare(&config, &job, true).spawn() {
+        // The program found in PATH at the first spawn is gone or not runnable by now
+        // (moved by an upgrade, say): look it up again, as execvp would.
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+            ) && config.resolved.get().is_some_and(Option::is_some) =>
+        {
+            prepare(&config, &job, false).spawn()
+        }
+        other => other,
+    };
+    run_spawned(&config, job, stop, spawned).await
+}
+
+/// The process for one job: its program, environment and pipes.
+fn prepare(config: &Config, job: &Job, by_path: bool) -> Command {
+    let mut cmd = config.command(by_path);
     cmd.envs(config.env.iter().map(|(k, v)| (k, v)))
         .env("TRACEPARENT", &job.traceparent)
         .env("PGC_EXECUTION_ID", job.execution_id.to_string())
@@ -355,8 +375,16 @@ async fn execute(config: Arc<Config>, job: Job, stop: CancellationToken) -> Outc
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    cmd
+}
 
-    let mut child = match cmd.spawn() {
+async fn run_spawned(
+    config: &Arc<Config>,
+    job: Job,
+    stop: CancellationToken,
+    spawned: std::io::Result<tokio::process::Child>,
+) -> Outcome {
+    let mut child = match spawned {
         Ok(child) => child,
         Err(err) => {
             let msg = format!("could not start {}: {err}", config.program.name());
@@ -945,6 +973,24 @@ mod tests {
         assert_eq!(h.config.lookup("./nowhere"), None);
         let h = sh("true").env(vec![("PATH".into(), "/nowhere".into())]);
         assert_eq!(h.config.lookup("sh"), None);
+    }
+
+    #[tokio::test]
+    async fn a_program_gone_from_its_looked_up_path_is_looked_up_again() {
+        let h = CommandHandler::new(Program::Direct {
+            program: "printf".into(),
+            args: vec!["\"ok\"".into()],
+        })
+        .pass_stderr(false);
+        // As if it had been found there at the first spawn and moved since.
+        h.config
+            .resolved
+            .set(Some("/nonexistent/bin/printf".into()))
+            .expect("not looked up yet");
+        assert_eq!(
+            run(&h, job("{}")).await,
+            Outcome::Completed(Some(r#""ok""#.into()))
+        );
     }
 
     #[tokio::test]
