@@ -23,9 +23,10 @@ struct Process {
         tokio_util::sync::CancellationToken,
         tokio::task::JoinHandle<()>,
     )>,
-    /// An export at exit failed or timed out: the later ones get a short wait only, so
-    /// that a dead collector delays exit by about one export timeout in all.
-    failing: bool,
+    /// Collectors (`host:port`) an export at exit failed to or timed out on: later
+    /// exports to them get a short wait only, so that a dead collector delays exit by
+    /// about one export timeout in all.
+    failing: Vec<String>,
     /// The meter provider made its final export already.
     metrics_done: bool,
 }
@@ -39,15 +40,38 @@ fn with_process<T>(f: impl FnOnce(&mut Process) -> T) -> Option<T> {
     Some(f(guard.get_or_insert_with(Process::default)))
 }
 
-/// What an export at exit may wait: the export timeout, or a moment once one failed.
+/// The `host:port` of an endpoint URL (the whole text when it is not one).
 #[cfg(feature = "otel")]
-fn exit_limit() -> std::time::Duration {
-    let failing = with_process(|p| p.failing).unwrap_or(false);
-    if failing {
+fn authority(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    rest.split('/').next().unwrap_or(rest).to_string()
+}
+
+/// Whether an export at exit to one of `endpoints` failed already.
+#[cfg(feature = "otel")]
+fn known_failing<'a>(endpoints: impl IntoIterator<Item = &'a str>) -> bool {
+    let failing = with_process(|p| p.failing.clone()).unwrap_or_default();
+    endpoints
+        .into_iter()
+        .any(|e| failing.contains(&authority(e)))
+}
+
+/// What an export at exit to `endpoints` may wait: the export timeout, or a moment once
+/// an export to one of them failed.
+#[cfg(feature = "otel")]
+fn exit_limit<'a>(endpoints: impl IntoIterator<Item = &'a str>) -> std::time::Duration {
+    if known_failing(endpoints) {
         std::time::Duration::from_millis(200)
     } else {
         crate::telemetry::otel::otlp_timeout()
     }
+}
+
+/// Remembers the collectors behind `endpoints` as failing.
+#[cfg(feature = "otel")]
+fn mark_failing<'a>(endpoints: impl IntoIterator<Item = &'a str>) {
+    let found: Vec<String> = endpoints.into_iter().map(authority).collect();
+    with_process(|p| p.failing.extend(found));
 }
 
 impl CliTelemetry {
@@ -154,15 +178,18 @@ impl CliTelemetry {
         #[cfg(feature = "otel")]
         if let Some(otel) = &self.otel {
             stop_flusher().await;
-            let limit = exit_limit();
-            let (spans, metrics) =
-                tokio::join!(flush_spans(otel, limit), otel.shutdown_metrics(limit));
-            let problems: Vec<String> = [spans, metrics.err()].into_iter().flatten().collect();
-            with_process(|p| {
-                p.metrics_done = true;
-                p.failing |= !problems.is_empty();
-            });
-            for problem in problems {
+            let spans_to = otel.span_endpoints();
+            let metrics_to = otel.metrics_endpoint();
+            let (spans, metrics) = tokio::join!(
+                flush_spans(otel, exit_limit(spans_to.iter().map(String::as_str))),
+                otel.shutdown_metrics(exit_limit(metrics_to))
+            );
+            note_failures(otel, &spans);
+            if metrics.is_err() {
+                mark_failing(metrics_to);
+            }
+            with_process(|p| p.metrics_done = true);
+            for problem in [spans.map(|s| s.0), metrics.err()].into_iter().flatten() {
                 warn(&problem);
             }
         }
@@ -180,20 +207,33 @@ async fn stop_flusher() {
     }
 }
 
-/// The spans recorded so far, exported within `limit`; what went wrong.
+/// The spans recorded so far, exported within `limit`; what went wrong, and whether
+/// it was the collectors not answering in time.
 #[cfg(feature = "otel")]
 async fn flush_spans(
     otel: &crate::telemetry::otel::OtelTelemetry,
     limit: std::time::Duration,
-) -> Option<String> {
+) -> Option<(String, bool)> {
     match tokio::time::timeout(limit, otel.flush()).await {
         Ok(Ok(_)) => None,
-        Ok(Err(e)) => Some(e),
-        Err(_) => Some(format!(
-            "spans not exported: {} did not answer within {}",
-            otel.destinations(),
-            humantime::format_duration(limit)
+        Ok(Err(e)) => Some((e, false)),
+        Err(_) => Some((
+            format!(
+                "spans not exported: {} did not answer within {}",
+                otel.destinations(),
+                humantime::format_duration(limit)
+            ),
+            true,
         )),
+    }
+}
+
+/// Remembers the span collectors that failed (a full export queue is not their failure).
+#[cfg(feature = "otel")]
+fn note_failures(otel: &crate::telemetry::otel::OtelTelemetry, spans: &Option<(String, bool)>) {
+    match spans {
+        Some((_, true)) => mark_failing(otel.span_endpoints().iter().map(String::as_str)),
+        _ => mark_failing(otel.failed_span_endpoints().iter().map(String::as_str)),
     }
 }
 
@@ -204,29 +244,40 @@ async fn flush_spans(
 pub async fn finish_process() {
     #[cfg(feature = "otel")]
     {
-        let Some(Some((otel, metrics_done, failing))) =
-            with_process(|p| p.otel.take().map(|o| (o, p.metrics_done, p.failing)))
+        let Some(Some((otel, metrics_done))) =
+            with_process(|p| p.otel.take().map(|o| (o, p.metrics_done)))
         else {
             return;
         };
         stop_flusher().await;
-        let limit = exit_limit();
         // Lines from here on go to stderr only: the log exporter is stopping.
         super::output::set_log_sink(None);
+        let spans_to = otel.span_endpoints();
+        let metrics_to = otel.metrics_endpoint();
+        let logs_to: Vec<&str> = otel
+            .logs_destinations()
+            .map(|d| d.split(", ").filter(|d| *d != "stderr").collect())
+            .unwrap_or_default();
         let metrics = async {
             if metrics_done {
                 Ok(())
             } else {
-                otel.shutdown_metrics(limit).await
+                otel.shutdown_metrics(exit_limit(metrics_to)).await
             }
         };
         let (spans, metrics, logs) = tokio::join!(
-            flush_spans(&otel, limit),
+            flush_spans(&otel, exit_limit(spans_to.iter().map(String::as_str))),
             metrics,
-            // After a failed export, records still waiting are given up at once.
-            otel.shutdown_logs(limit, failing)
+            // Records for a collector that failed already are given up at once.
+            otel.shutdown_logs(
+                exit_limit(logs_to.iter().copied()),
+                known_failing(logs_to.iter().copied())
+            )
         );
-        for problem in [spans, metrics.err(), logs.err()].into_iter().flatten() {
+        for problem in [spans.map(|s| s.0), metrics.err(), logs.err()]
+            .into_iter()
+            .flatten()
+        {
             warn(&problem);
         }
     }

@@ -208,6 +208,11 @@ impl Logs {
         })
     }
 
+    /// Where records go (endpoints, or `stderr`), for messages.
+    pub fn destinations(&self) -> &str {
+        &self.destinations
+    }
+
     /// Records one of pgc's log lines (`level`: `info`, `warn` or `error`).
     pub fn emit(&self, level: &str, text: &str, fields: &LogFields<'_>) {
         let mut record = self.logger.create_log_record();

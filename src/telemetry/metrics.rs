@@ -400,6 +400,11 @@ impl Metrics {
         }
     }
 
+    /// Where metrics go (an endpoint, or `stderr`), for messages.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
     /// Exports what was recorded and stops, within `limit`.
     pub async fn shutdown(&self, limit: Duration) -> Result<(), String> {
         let provider = self.provider.clone();

@@ -148,6 +148,8 @@ pub struct OtelTelemetry {
     sinks: tokio::sync::Mutex<Vec<Sink>>,
     pending: Mutex<Vec<SpanData>>,
     dropped: std::sync::atomic::AtomicU64,
+    /// Span endpoints an export to has failed (dropped spans are not their failure).
+    failed: Mutex<Vec<String>>,
     batch_ready: tokio::sync::Notify,
     limits: Limits,
 }
@@ -241,6 +243,7 @@ impl OtelTelemetry {
             sinks: tokio::sync::Mutex::new(sinks),
             pending: Mutex::new(Vec::new()),
             dropped: std::sync::atomic::AtomicU64::new(0),
+            failed: Mutex::new(Vec::new()),
             batch_ready: tokio::sync::Notify::new(),
             limits: Limits::from_env(),
         };
@@ -250,6 +253,30 @@ impl OtelTelemetry {
     /// Where spans go (endpoints, or `stderr`), for messages.
     pub fn destinations(&self) -> &str {
         &self.destinations
+    }
+
+    /// The span endpoints (OTLP, not `stderr`), for telling which collector failed.
+    pub fn span_endpoints(&self) -> Vec<String> {
+        self.destinations
+            .split(", ")
+            .filter(|d| *d != "stderr")
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Span endpoints an export to has failed so far.
+    pub fn failed_span_endpoints(&self) -> Vec<String> {
+        self.failed.lock().map(|f| f.clone()).unwrap_or_default()
+    }
+
+    /// Where metrics go, when they are exported.
+    pub fn metrics_endpoint(&self) -> Option<&str> {
+        self.metrics.as_ref().map(super::metrics::Metrics::endpoint)
+    }
+
+    /// Where log records go, when they are exported.
+    pub fn logs_destinations(&self) -> Option<&str> {
+        self.logs.as_ref().map(super::logs::Logs::destinations)
     }
 
     /// Whether `OTEL_LOGS_EXPORTER` asked for pgc's log lines.
@@ -361,6 +388,9 @@ impl OtelTelemetry {
                 let rest = batch.split_off(batch.len().min(self.limits.max_batch));
                 if let Err(e) = exporter.export(batch).await {
                     errors.push(format!("exporting spans to {endpoint} failed: {e}"));
+                    if let Ok(mut failed) = self.failed.lock() {
+                        failed.push(endpoint.clone());
+                    }
                     break;
                 }
                 batch = rest;

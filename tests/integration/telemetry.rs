@@ -797,6 +797,55 @@ async fn log_records_go_nowhere_with_none_and_to_stderr_with_console() {
 }
 
 #[tokio::test]
+async fn a_silent_span_collector_costs_neither_the_log_records_nor_more_than_its_timeout() {
+    use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+    // Spans go to a collector that accepts and never answers; logs to a working one.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent = format!("http://{}/v1/traces", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    let (endpoint, got) = receiver();
+    let db = TestDb::migrated().await;
+    let started = std::time::Instant::now();
+    let out = crate::support::run_with_stdin(
+        db.pgc()
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+            .env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &silent)
+            .env("OTEL_EXPORTER_OTLP_TIMEOUT", "1000")
+            .env("OTEL_METRICS_EXPORTER", "none"),
+        // The first row commits on its own, so its span is exported (and times out).
+        &["enqueue", "--batch", "-", "--commit-every", "1"],
+        b"{\"task\":\"a\"}\nnot json\n",
+    );
+    let took = started.elapsed();
+    assert_ne!(out.code, 0, "{}", out.stderr);
+    assert!(out.stderr.contains("/v1/traces"), "{}", out.stderr);
+    let got = got.lock().unwrap();
+    let bodies: Vec<String> = got
+        .iter()
+        .filter(|(path, _, _)| path == "/v1/logs")
+        .flat_map(|(_, _, body)| {
+            ExportLogsServiceRequest::decode(body.as_slice())
+                .unwrap()
+                .resource_logs
+        })
+        .flat_map(|r| r.scope_logs)
+        .flat_map(|s| s.log_records)
+        .map(|r| format!("{:?}", r.body))
+        .collect();
+    assert!(
+        bodies.iter().any(|b| b.contains("line 2")),
+        "the error line reached the log collector: {bodies:?}"
+    );
+    // One export timeout, not one per signal (a generous bound for a loaded machine).
+    assert!(took < std::time::Duration::from_millis(2500), "{took:?}");
+}
+
+#[tokio::test]
 async fn console_metrics_go_to_stderr_as_json_lines() {
     let db = TestDb::migrated().await;
     let out = run(
