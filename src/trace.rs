@@ -25,9 +25,11 @@ use crate::error::{Error, Result};
 use crate::sql;
 use crate::traceparent::TraceParent;
 
+#[cfg(feature = "otel")]
+pub(crate) use otlp::parse_resource_attributes;
 pub use otlp::{Resource, otlp_json};
 #[cfg(feature = "otel")]
-pub use sdk::{span_data, to_span_data};
+pub use sdk::{span_data, to_proto_span, to_span_data};
 
 /// A small multiply-rotate hasher for the maps here, keyed by ids that are random
 /// already (SipHash's protection against chosen keys buys nothing for rows pgc reads

@@ -10,7 +10,7 @@ use opentelemetry::trace::{
     TraceState,
 };
 use opentelemetry::{InstrumentationScope, KeyValue};
-use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks};
+use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 
 use super::{Telemetry, TelemetryEvent};
 use crate::trace::{Resource, Span, to_span_data};
@@ -125,12 +125,170 @@ pub fn otlp_span_exporter() -> Result<(opentelemetry_otlp::SpanExporter, String)
     Ok((exporter, endpoint))
 }
 
-/// Where recorded spans go.
-enum Sink {
-    /// OTLP/HTTP, to the endpoint named.
-    Otlp(Box<opentelemetry_otlp::SpanExporter>, String),
-    /// One JSON line per span on stderr (stdout carries a command's data).
-    Console,
+/// The traces endpoint as configured, user information included (the HTTP client sends
+/// it as basic authentication).
+fn traces_url() -> String {
+    otlp_var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .or_else(|| {
+            otlp_var("OTEL_EXPORTER_OTLP_ENDPOINT")
+                .map(|base| format!("{}/v1/traces", base.trim().trim_end_matches('/')))
+        })
+        .map_or_else(
+            || "http://localhost:4318/v1/traces".to_string(),
+            |u| u.trim().to_string(),
+        )
+}
+
+/// `OTEL_EXPORTER_OTLP_HEADERS`, then `OTEL_EXPORTER_OTLP_TRACES_HEADERS` (its keys win):
+/// `key=value` pairs separated by commas, percent-decoded.
+fn trace_headers(warnings: &mut Vec<String>) -> reqwest::header::HeaderMap {
+    let mut headers = reqwest::header::HeaderMap::new();
+    for var in [
+        "OTEL_EXPORTER_OTLP_HEADERS",
+        "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+    ] {
+        let Some(value) = otlp_var(var) else { continue };
+        let pairs = match crate::trace::parse_resource_attributes(&value) {
+            Ok(pairs) => pairs,
+            Err(why) => {
+                warnings.push(format!("ignoring {var}: {why}"));
+                continue;
+            }
+        };
+        for (k, v) in pairs {
+            match (
+                reqwest::header::HeaderName::from_bytes(k.as_bytes()),
+                reqwest::header::HeaderValue::from_str(&v),
+            ) {
+                (Ok(name), Ok(value)) => {
+                    headers.insert(name, value);
+                }
+                _ => warnings.push(format!("ignoring {var}: {k:?} is not a valid HTTP header")),
+            }
+        }
+    }
+    headers
+}
+
+/// Sends spans to the OTLP/HTTP traces endpoint as protobuf, with pgc's HTTP client
+/// (rustls for `https://`, the export timeout) and the configured headers.
+struct SpanSender {
+    client: reqwest::Client,
+    url: String,
+    headers: reqwest::header::HeaderMap,
+    /// The endpoint without user information, for messages.
+    endpoint: String,
+    resource: opentelemetry_proto::tonic::resource::v1::Resource,
+    scope: opentelemetry_proto::tonic::common::v1::InstrumentationScope,
+}
+
+impl SpanSender {
+    fn from_env(resource: &Resource, warnings: &mut Vec<String>) -> Result<SpanSender, String> {
+        use opentelemetry_proto::tonic::common::v1::{
+            AnyValue, InstrumentationScope as ProtoScope, KeyValue as ProtoKeyValue, any_value,
+        };
+        let endpoint = otlp_endpoint_for_display();
+        let client = otlp_http_client(&endpoint, "TRACES")?;
+        Ok(SpanSender {
+            client,
+            url: traces_url(),
+            headers: trace_headers(warnings),
+            endpoint,
+            resource: opentelemetry_proto::tonic::resource::v1::Resource {
+                attributes: resource
+                    .attributes
+                    .iter()
+                    .map(|(k, v)| ProtoKeyValue {
+                        key: k.clone(),
+                        value: Some(AnyValue {
+                            value: Some(any_value::Value::StringValue(v.clone())),
+                        }),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            },
+            scope: ProtoScope {
+                name: "pgc".into(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                ..Default::default()
+            },
+        })
+    }
+
+    /// One export request; an answer other than 2xx is an error.
+    async fn send(
+        &self,
+        spans: Vec<opentelemetry_proto::tonic::trace::v1::Span>,
+    ) -> Result<(), String> {
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+        use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
+        use prost::Message as _;
+        let body = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(self.resource.clone()),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(self.scope.clone()),
+                    spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+        .encode_to_vec();
+        let response = self
+            .client
+            .post(&self.url)
+            .headers(self.headers.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/x-protobuf")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| describe_http_error(&e))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let text = response.text().await.unwrap_or_default();
+        let text: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        let text: String = text.chars().take(200).collect();
+        Err(if text.is_empty() {
+            format!("HTTP {status}")
+        } else {
+            format!("HTTP {status}: {text}")
+        })
+    }
+}
+
+/// An HTTP client error with its causes, on one line (a timeout says so).
+fn describe_http_error(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        return format!(
+            "no answer within {}",
+            humantime::format_duration(otlp_timeout())
+        );
+    }
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// Export requests in flight at once.
+const CONCURRENT_EXPORTS: usize = 4;
+
+/// A span waiting for export: as OTLP protobuf when spans go to a collector, and as the
+/// SDK's span record when they go to the console.
+struct Queued {
+    proto: Option<opentelemetry_proto::tonic::trace::v1::Span>,
+    data: Option<SpanData>,
 }
 
 /// Spans recorded through the hooks, exported when [`OtelTelemetry::flush`] is called
@@ -145,8 +303,11 @@ pub struct OtelTelemetry {
     destinations: String,
     metrics: Option<super::metrics::Metrics>,
     logs: Option<super::logs::Logs>,
-    sinks: tokio::sync::Mutex<Vec<Sink>>,
-    pending: Mutex<Vec<SpanData>>,
+    /// Spans go over OTLP/HTTP.
+    otlp: Option<SpanSender>,
+    /// Spans go to stderr as JSON lines (stdout carries a command's data).
+    console: bool,
+    pending: Mutex<Vec<Queued>>,
     dropped: std::sync::atomic::AtomicU64,
     /// Span endpoints an export to has failed (dropped spans are not their failure).
     failed: Mutex<Vec<String>>,
@@ -208,39 +369,38 @@ impl OtelTelemetry {
         warnings.extend(resource_warning);
         let metrics = super::metrics::Metrics::from_env(&resource, &mut warnings);
         let logs = super::logs::Logs::from_env(&resource, &mut warnings);
-        let mut sinks = Vec::new();
+        let mut otlp = None;
+        let mut console = false;
+        let mut destinations = Vec::new();
         for name in &names {
             match name.as_str() {
-                "otlp" => match otlp_span_exporter() {
-                    Ok((mut exporter, endpoint)) => {
-                        exporter.set_resource(&resource.to_sdk());
-                        sinks.push(Sink::Otlp(Box::new(exporter), endpoint));
+                "otlp" => match SpanSender::from_env(&resource, &mut warnings) {
+                    Ok(sender) => {
+                        destinations.push(sender.endpoint.clone());
+                        otlp = Some(sender);
                     }
                     Err(e) => warnings.push(format!("traces are not exported: {e}")),
                 },
-                "console" => sinks.push(Sink::Console),
+                "console" => {
+                    console = true;
+                    destinations.push("stderr".to_string());
+                }
                 other => warnings.push(format!(
                     "OTEL_TRACES_EXPORTER: unknown exporter {other:?} ignored (pgc knows otlp, console and none)"
                 )),
             }
         }
-        if sinks.is_empty() && metrics.is_none() && logs.is_none() {
+        let traced = otlp.is_some() || console;
+        if !traced && metrics.is_none() && logs.is_none() {
             return (None, warnings);
         }
-        let destinations = sinks
-            .iter()
-            .map(|s| match s {
-                Sink::Otlp(_, endpoint) => endpoint.as_str(),
-                Sink::Console => "stderr",
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
         let telemetry = OtelTelemetry {
-            traced: !sinks.is_empty(),
-            destinations,
+            traced,
+            destinations: destinations.join(", "),
             metrics,
             logs,
-            sinks: tokio::sync::Mutex::new(sinks),
+            otlp,
+            console,
             pending: Mutex::new(Vec::new()),
             dropped: std::sync::atomic::AtomicU64::new(0),
             failed: Mutex::new(Vec::new()),
@@ -341,7 +501,7 @@ impl OtelTelemetry {
     /// timeout; a failure is returned as a message (the spans are dropped, never
     /// retried: telemetry must not hold the queue's work back).
     pub async fn flush(&self) -> Result<usize, String> {
-        let spans: Vec<SpanData> = match self.pending.lock() {
+        let spans: Vec<Queued> = match self.pending.lock() {
             Ok(mut pending) => std::mem::take(&mut *pending),
             Err(_) => return Err("the span buffer is unavailable".to_string()),
         };
@@ -356,44 +516,44 @@ impl OtelTelemetry {
             };
         }
         let total = spans.len();
-        let mut sinks = self.sinks.lock().await;
         let mut errors = Vec::new();
-        // The console first (it borrows the spans), then the OTLP exporters; the last one
-        // takes the spans without a copy.
-        for sink in sinks.iter() {
-            if let Sink::Console = sink {
-                use std::io::Write;
-                let mut err = std::io::stderr().lock();
-                for span in &spans {
-                    let _ = writeln!(err, "{}", console_line(span));
+        let mut batch = Vec::with_capacity(total.min(self.limits.max_batch));
+        {
+            use std::io::Write;
+            let mut err = self.console.then(|| std::io::stderr().lock());
+            for q in spans {
+                if let (Some(err), Some(data)) = (err.as_mut(), &q.data) {
+                    let _ = writeln!(err, "{}", console_line(data));
                 }
+                batch.extend(q.proto);
             }
         }
-        let otlp: Vec<&mut Sink> = sinks
-            .iter_mut()
-            .filter(|s| matches!(s, Sink::Otlp(..)))
-            .collect();
-        let last = otlp.len().saturating_sub(1);
-        let mut spans = Some(spans);
-        for (i, sink) in otlp.into_iter().enumerate() {
-            let Sink::Otlp(exporter, endpoint) = sink else {
-                continue;
-            };
-            let mut batch = if i == last {
-                spans.take().unwrap_or_default()
-            } else {
-                spans.clone().unwrap_or_default()
-            };
-            while !batch.is_empty() {
-                let rest = batch.split_off(batch.len().min(self.limits.max_batch));
-                if let Err(e) = exporter.export(batch).await {
-                    errors.push(format!("exporting spans to {endpoint} failed: {e}"));
+        if let Some(sender) = &self.otlp {
+            // Batches of OTEL_BSP_MAX_EXPORT_BATCH_SIZE, a few requests at once, so that
+            // the queue drains as fast as the collector takes them.
+            use futures_util::StreamExt as _;
+            let mut batches = Vec::new();
+            let mut rest = batch;
+            while !rest.is_empty() {
+                let tail = rest.split_off(rest.len().min(self.limits.max_batch));
+                batches.push(rest);
+                rest = tail;
+            }
+            let mut sent = futures_util::stream::iter(batches)
+                .map(|b| sender.send(b))
+                .buffer_unordered(CONCURRENT_EXPORTS);
+            while let Some(result) = sent.next().await {
+                if let Err(e) = result {
+                    errors.push(format!(
+                        "exporting spans to {} failed: {e}",
+                        sender.endpoint
+                    ));
                     if let Ok(mut failed) = self.failed.lock() {
-                        failed.push(endpoint.clone());
+                        failed.push(sender.endpoint.clone());
                     }
+                    // The other batches are dropped: the collector is failing.
                     break;
                 }
-                batch = rest;
             }
         }
         if dropped > 0 {
@@ -412,7 +572,7 @@ impl OtelTelemetry {
 impl OtelTelemetry {
     /// Queues one finished span for export (or counts it as dropped when the queue is
     /// full).
-    fn record(&self, span: SpanData) {
+    fn record(&self, span: Queued) {
         let Ok(mut pending) = self.pending.lock() else {
             return;
         };
@@ -431,7 +591,14 @@ impl OtelTelemetry {
 impl Telemetry for OtelTelemetry {
     fn span(&self, trace_id: &str, span: &Span) {
         if self.traced {
-            self.record(to_span_data(trace_id, Utc::now(), span));
+            let now = Utc::now();
+            self.record(Queued {
+                proto: self
+                    .otlp
+                    .is_some()
+                    .then(|| crate::trace::to_proto_span(trace_id, now, span)),
+                data: self.console.then(|| to_span_data(trace_id, now, span)),
+            });
         }
     }
 
@@ -486,7 +653,7 @@ impl Telemetry for OtelTelemetry {
             false,
             TraceState::default(),
         );
-        self.record(SpanData {
+        let data = SpanData {
             span_context: context,
             parent_span_id: OtelSpanId::INVALID,
             parent_span_is_remote: false,
@@ -502,6 +669,13 @@ impl Telemetry for OtelTelemetry {
             instrumentation_scope: InstrumentationScope::builder("pgc")
                 .with_version(env!("CARGO_PKG_VERSION"))
                 .build(),
+        };
+        self.record(Queued {
+            proto: self
+                .otlp
+                .is_some()
+                .then(|| opentelemetry_proto::tonic::trace::v1::Span::from(data.clone())),
+            data: self.console.then_some(data),
         });
     }
 }

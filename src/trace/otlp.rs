@@ -61,7 +61,7 @@ impl Resource {
 
 /// Parses `key1=value1,key2=value2` with percent-encoded keys and values (W3C Baggage
 /// octets). Empty members are skipped; a later key replaces an earlier one.
-fn parse_resource_attributes(s: &str) -> Result<Vec<(String, String)>, String> {
+pub(crate) fn parse_resource_attributes(s: &str) -> Result<Vec<(String, String)>, String> {
     let mut out: Vec<(String, String)> = Vec::new();
     for member in s.split(',') {
         if member.trim().is_empty() {
@@ -91,7 +91,7 @@ pub(super) fn export_end(span: &Span, now: DateTime<Utc>) -> DateTime<Utc> {
     span.end.unwrap_or(now).max(span.start)
 }
 
-fn nanos(t: DateTime<Utc>) -> u64 {
+pub(super) fn nanos(t: DateTime<Utc>) -> u64 {
     // Times before 1970 or after 2554 cannot come from these rows' defaults; clamp.
     t.timestamp_nanos_opt()
         .and_then(|n| u64::try_from(n).ok())

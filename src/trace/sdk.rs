@@ -11,7 +11,7 @@ use opentelemetry::trace::{
 use opentelemetry::{InstrumentationScope, KeyValue, Value as OtelValue};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 
-use super::otlp::{export_attributes, export_end};
+use super::otlp::{export_attributes, export_end, nanos};
 use chrono::{DateTime, Utc};
 
 use super::{AttrValue, Resource, Span, SpanKind, SpanStatus, Trace};
@@ -107,4 +107,91 @@ fn scope() -> InstrumentationScope {
                 .build()
         })
         .clone()
+}
+
+/// One span of trace `trace_id` as an OTLP protobuf span, built straight from pgc's span
+/// (live export: no SDK span record in between); a span still running ends at `now`.
+/// The same content as [`to_span_data`] gives after the SDK's own conversion.
+pub fn to_proto_span(
+    trace_id: &str,
+    now: DateTime<Utc>,
+    s: &Span,
+) -> opentelemetry_proto::tonic::trace::v1::Span {
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue as ProtoKeyValue, any_value};
+    use opentelemetry_proto::tonic::trace::v1::{
+        Span as ProtoSpan, SpanFlags, Status as ProtoStatus, span, status,
+    };
+    let trace_id = TraceId::from_hex(trace_id)
+        .unwrap_or(TraceId::INVALID)
+        .to_bytes()
+        .to_vec();
+    let id = |hex: &str| {
+        SpanId::from_hex(hex)
+            .unwrap_or(SpanId::INVALID)
+            .to_bytes()
+            .to_vec()
+    };
+    // The trace flags, with "whether the parent is remote" known (OTLP's span flags).
+    let flags = |remote: bool| {
+        let mut f = u32::from(s.flags) | SpanFlags::ContextHasIsRemoteMask as u32;
+        if remote {
+            f |= SpanFlags::ContextIsRemoteMask as u32;
+        }
+        f
+    };
+    let attributes = export_attributes(s)
+        .into_iter()
+        .map(|(k, v)| ProtoKeyValue {
+            key: k.to_string(),
+            value: Some(AnyValue {
+                value: Some(match v {
+                    AttrValue::Str(s) => any_value::Value::StringValue(s.to_string()),
+                    AttrValue::Uuid(u) => any_value::Value::StringValue(u.to_string()),
+                    AttrValue::Int(i) => any_value::Value::IntValue(i),
+                    AttrValue::Bool(b) => any_value::Value::BoolValue(b),
+                }),
+            }),
+            ..Default::default()
+        })
+        .collect();
+    let (code, message) = match (s.status, &s.status_message) {
+        (SpanStatus::Error, m) => (status::StatusCode::Error, m.clone().unwrap_or_default()),
+        (SpanStatus::Ok, _) => (status::StatusCode::Ok, String::new()),
+        (SpanStatus::Unset, _) => (status::StatusCode::Unset, String::new()),
+    };
+    ProtoSpan {
+        trace_id: trace_id.clone(),
+        span_id: id(&s.span_id),
+        parent_span_id: s
+            .parent_span_id
+            .as_deref()
+            .map(id)
+            .filter(|p| p.iter().any(|b| *b != 0))
+            .unwrap_or_default(),
+        flags: flags(s.parent_is_remote),
+        name: s.name.clone(),
+        kind: match s.kind {
+            SpanKind::Producer => span::SpanKind::Producer,
+            SpanKind::Consumer => span::SpanKind::Consumer,
+            SpanKind::Internal => span::SpanKind::Internal,
+        } as i32,
+        start_time_unix_nano: nanos(s.start),
+        end_time_unix_nano: nanos(export_end(s, now)),
+        attributes,
+        links: s
+            .links
+            .iter()
+            .map(|l| span::Link {
+                trace_id: trace_id.clone(),
+                span_id: id(l),
+                flags: flags(false),
+                ..Default::default()
+            })
+            .collect(),
+        status: Some(ProtoStatus {
+            code: code as i32,
+            message,
+        }),
+        ..Default::default()
+    }
 }

@@ -178,6 +178,86 @@ async fn a_batch_exports_each_committed_row_s_producer_span_and_sent_counts_per_
 }
 
 #[tokio::test]
+async fn spans_carry_the_configured_headers_and_a_refusal_is_reported_with_its_status() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    // A receiver that keeps each request's header lines and answers with `status`.
+    let serve = |status: &'static str| {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+        let store = seen.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut reader = BufReader::new(stream);
+                let mut length = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    let lower = line.to_ascii_lowercase();
+                    if let Some(v) = lower.strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                    store.lock().unwrap().push(lower.trim().to_string());
+                }
+                let mut body = vec![0; length];
+                let _ = reader.read_exact(&mut body);
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\ncontent-length: 4\r\nconnection: close\r\n\r\nnope"
+                );
+                let _ = reader.get_mut().write_all(answer.as_bytes());
+            }
+        });
+        (url, seen)
+    };
+    let db = TestDb::migrated().await;
+    let (url, seen) = serve("200 OK");
+    let out = run(
+        db.pgc()
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", &url)
+            .env("OTEL_METRICS_EXPORTER", "none")
+            .env("OTEL_LOGS_EXPORTER", "none")
+            .env(
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "x-team=ci,authorization=Bearer%20abc",
+            )
+            .env("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "x-team=deploys"),
+        &["enqueue", "t"],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stderr, "");
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        seen.contains(&"authorization: bearer abc".to_string()),
+        "{seen:?}"
+    );
+    assert!(
+        seen.contains(&"x-team: deploys".to_string()),
+        "the traces' own wins: {seen:?}"
+    );
+    assert!(
+        seen.contains(&"content-type: application/x-protobuf".to_string()),
+        "{seen:?}"
+    );
+
+    let (url, _) = serve("403 Forbidden");
+    let out = run(
+        db.pgc()
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", &url)
+            .env("OTEL_METRICS_EXPORTER", "none")
+            .env("OTEL_LOGS_EXPORTER", "none"),
+        &["enqueue", "t"],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("failed: HTTP 403 Forbidden: nope"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[tokio::test]
 async fn nothing_is_exported_when_disabled_or_set_to_none() {
     let db = TestDb::migrated().await;
     let (endpoint, got) = receiver();
