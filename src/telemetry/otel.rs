@@ -108,23 +108,6 @@ fn without_userinfo(url: &str) -> String {
     }
 }
 
-/// An OTLP/HTTP (protobuf) span exporter for the endpoint the standard variables name,
-/// with pgc's rustls configuration for `https://` (system roots, or
-/// `OTEL_EXPORTER_OTLP_[TRACES_]CERTIFICATE`) and the export timeout. Returns the
-/// endpoint too, for messages (without user information).
-pub fn otlp_span_exporter() -> Result<(opentelemetry_otlp::SpanExporter, String), String> {
-    use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
-    let endpoint = otlp_endpoint_for_display();
-    let http = otlp_http_client(&endpoint, "TRACES")?;
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_http()
-        .with_http_client(http)
-        .with_protocol(Protocol::HttpBinary)
-        .build()
-        .map_err(|e| format!("cannot set up the OTLP exporter for {endpoint}: {e}"))?;
-    Ok((exporter, endpoint))
-}
-
 /// The traces endpoint as configured, user information included (the HTTP client sends
 /// it as basic authentication).
 fn traces_url() -> String {
@@ -171,8 +154,9 @@ fn trace_headers(warnings: &mut Vec<String>) -> reqwest::header::HeaderMap {
 }
 
 /// Sends spans to the OTLP/HTTP traces endpoint as protobuf, with pgc's HTTP client
-/// (rustls for `https://`, the export timeout) and the configured headers.
-struct SpanSender {
+/// (rustls for `https://` with system roots or `OTEL_EXPORTER_OTLP_[TRACES_]CERTIFICATE`,
+/// the export timeout) and the configured headers.
+pub struct SpanSender {
     client: reqwest::Client,
     url: String,
     headers: reqwest::header::HeaderMap,
@@ -183,7 +167,9 @@ struct SpanSender {
 }
 
 impl SpanSender {
-    fn from_env(resource: &Resource, warnings: &mut Vec<String>) -> Result<SpanSender, String> {
+    /// Set up from the standard variables; `warnings` gets what was ignored (malformed
+    /// headers).
+    pub fn from_env(resource: &Resource, warnings: &mut Vec<String>) -> Result<SpanSender, String> {
         use opentelemetry_proto::tonic::common::v1::{
             AnyValue, InstrumentationScope as ProtoScope, KeyValue as ProtoKeyValue, any_value,
         };
@@ -216,8 +202,13 @@ impl SpanSender {
         })
     }
 
+    /// The endpoint, without user information, for messages.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
     /// One export request; an answer other than 2xx is an error.
-    async fn send(
+    pub async fn send(
         &self,
         spans: Vec<opentelemetry_proto::tonic::trace::v1::Span>,
     ) -> Result<(), String> {

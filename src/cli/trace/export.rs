@@ -1,10 +1,11 @@
 //! `pgc trace --format stdout` and `--export otlp`: the rebuilt spans through the
-//! OpenTelemetry SDK's exporters (the `otel` feature).
+//! OpenTelemetry SDK's stdout exporter, or as OTLP protobuf to a collector (the `otel`
+//! feature).
 
 use anyhow::Result;
 use opentelemetry_sdk::trace::SpanExporter as _;
 
-use crate::cli::output::{StdoutClosed, info};
+use crate::cli::output::{StdoutClosed, info, warn};
 use crate::telemetry::otel;
 use crate::trace::{self, Resource, Trace};
 
@@ -49,21 +50,30 @@ pub(super) async fn print_with_stdout_exporter(trace: &Trace, resource: &Resourc
 /// Spans per OTLP request: the batch span processor's default batch size.
 const EXPORT_BATCH: usize = 512;
 
-/// Sends the spans to the OTLP/HTTP endpoint the standard variables name.
+/// Sends the spans to the OTLP/HTTP endpoint the standard variables name, as OTLP
+/// protobuf, with the same sender as live telemetry.
 pub(super) async fn export_otlp(trace: &Trace, resource: &Resource) -> Result<()> {
-    let (mut exporter, endpoint) = otel::otlp_span_exporter().map_err(|e| anyhow::anyhow!(e))?;
-    exporter.set_resource(&resource.to_sdk());
-    let mut batch = trace::span_data(trace);
+    let mut warnings = Vec::new();
+    let sender =
+        otel::SpanSender::from_env(resource, &mut warnings).map_err(|e| anyhow::anyhow!(e))?;
+    for w in warnings {
+        warn(&w);
+    }
+    let endpoint = sender.endpoint();
+    let mut batch: Vec<_> = trace
+        .spans
+        .iter()
+        .map(|s| trace::to_proto_span(&trace.trace_id, trace.now, s))
+        .collect();
     let total = batch.len();
     while !batch.is_empty() {
         let rest = batch.split_off(batch.len().min(EXPORT_BATCH));
-        exporter
-            .export(batch)
+        sender
+            .send(batch)
             .await
             .map_err(|e| anyhow::anyhow!("sending the trace to {endpoint} failed: {e}"))?;
         batch = rest;
     }
-    let _ = exporter.shutdown();
     info(&format!(
         "sent {total} spans of trace {} to {endpoint}",
         trace.trace_id
