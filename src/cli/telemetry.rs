@@ -47,31 +47,33 @@ fn authority(url: &str) -> String {
     rest.split('/').next().unwrap_or(rest).to_string()
 }
 
-/// Whether an export at exit to one of `endpoints` failed already.
+/// Whether an export at exit to `endpoint` (a signal's OTLP endpoint, if it has one)
+/// failed already.
 #[cfg(feature = "otel")]
-fn known_failing<'a>(endpoints: impl IntoIterator<Item = &'a str>) -> bool {
-    let failing = with_process(|p| p.failing.clone()).unwrap_or_default();
-    endpoints
-        .into_iter()
-        .any(|e| failing.contains(&authority(e)))
+fn known_failing(endpoint: Option<&str>) -> bool {
+    endpoint.is_some_and(|e| {
+        let collector = authority(e);
+        with_process(|p| p.failing.contains(&collector)).unwrap_or(false)
+    })
 }
 
-/// What an export at exit to `endpoints` may wait: the export timeout, or a moment once
-/// an export to one of them failed.
+/// What an export at exit to `endpoint` may wait: the export timeout, or a moment once
+/// an export to its collector failed.
 #[cfg(feature = "otel")]
-fn exit_limit<'a>(endpoints: impl IntoIterator<Item = &'a str>) -> std::time::Duration {
-    if known_failing(endpoints) {
+fn exit_limit(endpoint: Option<&str>) -> std::time::Duration {
+    if known_failing(endpoint) {
         std::time::Duration::from_millis(200)
     } else {
         crate::telemetry::otel::otlp_timeout()
     }
 }
 
-/// Remembers the collectors behind `endpoints` as failing.
+/// Remembers the collector behind `endpoint` as failing.
 #[cfg(feature = "otel")]
-fn mark_failing<'a>(endpoints: impl IntoIterator<Item = &'a str>) {
-    let found: Vec<String> = endpoints.into_iter().map(authority).collect();
-    with_process(|p| p.failing.extend(found));
+fn mark_failing(endpoint: Option<&str>) {
+    if let Some(collector) = endpoint.map(authority) {
+        with_process(|p| p.failing.push(collector));
+    }
 }
 
 impl CliTelemetry {
@@ -178,10 +180,10 @@ impl CliTelemetry {
         #[cfg(feature = "otel")]
         if let Some(otel) = &self.otel {
             stop_flusher().await;
-            let spans_to = otel.span_endpoints();
+            let spans_to = otel.span_endpoint();
             let metrics_to = otel.metrics_endpoint();
             let (spans, metrics) = tokio::join!(
-                flush_spans(otel, exit_limit(spans_to.iter().map(String::as_str))),
+                flush_spans(otel, exit_limit(spans_to)),
                 otel.shutdown_metrics(exit_limit(metrics_to))
             );
             note_failures(otel, &spans);
@@ -228,12 +230,12 @@ async fn flush_spans(
     }
 }
 
-/// Remembers the span collectors that failed (a full export queue is not their failure).
+/// Remembers the span collector as failing when it did not answer in time or an export
+/// to it failed (a full export queue is not its failure).
 #[cfg(feature = "otel")]
 fn note_failures(otel: &crate::telemetry::otel::OtelTelemetry, spans: &Option<(String, bool)>) {
-    match spans {
-        Some((_, true)) => mark_failing(otel.span_endpoints().iter().map(String::as_str)),
-        _ => mark_failing(otel.failed_span_endpoints().iter().map(String::as_str)),
+    if matches!(spans, Some((_, true))) || otel.span_export_failed() {
+        mark_failing(otel.span_endpoint());
     }
 }
 
@@ -252,12 +254,9 @@ pub async fn finish_process() {
         stop_flusher().await;
         // Lines from here on go to stderr only: the log exporter is stopping.
         super::output::set_log_sink(None);
-        let spans_to = otel.span_endpoints();
+        let spans_to = otel.span_endpoint();
         let metrics_to = otel.metrics_endpoint();
-        let logs_to: Vec<&str> = otel
-            .logs_destinations()
-            .map(|d| d.split(", ").filter(|d| *d != "stderr").collect())
-            .unwrap_or_default();
+        let logs_to = otel.logs_endpoint();
         let metrics = async {
             if metrics_done {
                 Ok(())
@@ -266,13 +265,10 @@ pub async fn finish_process() {
             }
         };
         let (spans, metrics, logs) = tokio::join!(
-            flush_spans(&otel, exit_limit(spans_to.iter().map(String::as_str))),
+            flush_spans(&otel, exit_limit(spans_to)),
             metrics,
             // Records for a collector that failed already are given up at once.
-            otel.shutdown_logs(
-                exit_limit(logs_to.iter().copied()),
-                known_failing(logs_to.iter().copied())
-            )
+            otel.shutdown_logs(exit_limit(logs_to), known_failing(logs_to))
         );
         for problem in [spans.map(|s| s.0), metrics.err(), logs.err()]
             .into_iter()

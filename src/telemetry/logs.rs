@@ -139,8 +139,10 @@ pub struct LogFields<'a> {
 pub struct Logs {
     provider: SdkLoggerProvider,
     logger: SdkLogger,
-    /// Where records go, for messages.
-    destinations: String,
+    /// The OTLP endpoint records go to (without user information).
+    endpoint: Option<String>,
+    /// Records also go to stderr.
+    console: bool,
     in_flight: Arc<AtomicUsize>,
     abandon: tokio_util::sync::CancellationToken,
 }
@@ -157,7 +159,7 @@ impl Logs {
             ));
         }
         let mut builder = SdkLoggerProvider::builder().with_resource(resource.to_sdk());
-        let mut destinations = Vec::new();
+        let mut endpoint = None;
         let in_flight = Arc::new(AtomicUsize::new(0));
         let abandon = tokio_util::sync::CancellationToken::new();
         if names.iter().any(|n| n == "otlp") {
@@ -185,16 +187,16 @@ impl Logs {
                         })
                         .build(),
                     );
-                    destinations.push(target);
+                    endpoint = Some(target);
                 }
                 Err(e) => warnings.push(format!("logs are not exported: {e}")),
             }
         }
-        if names.iter().any(|n| n == "console") {
+        let console = names.iter().any(|n| n == "console");
+        if console {
             builder = builder.with_log_processor(SimpleLogProcessor::new(Console));
-            destinations.push("stderr".to_string());
         }
-        if destinations.is_empty() {
+        if endpoint.is_none() && !console {
             return None;
         }
         let provider = builder.build();
@@ -202,15 +204,27 @@ impl Logs {
         Some(Logs {
             provider,
             logger,
-            destinations: destinations.join(", "),
+            endpoint,
+            console,
             in_flight,
             abandon,
         })
     }
 
-    /// Where records go (endpoints, or `stderr`), for messages.
-    pub fn destinations(&self) -> &str {
-        &self.destinations
+    /// The OTLP endpoint records go to, when they go to one.
+    pub fn endpoint(&self) -> Option<&str> {
+        self.endpoint.as_deref()
+    }
+
+    /// Where records go (the endpoint, and/or `stderr`), for messages.
+    fn destinations(&self) -> String {
+        let console = self.console.then_some("stderr");
+        self.endpoint
+            .as_deref()
+            .into_iter()
+            .chain(console)
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// Records one of pgc's log lines (`level`: `info`, `warn` or `error`).
@@ -257,7 +271,7 @@ impl Logs {
             self.abandon.cancel();
         }
         let provider = self.provider.clone();
-        let destinations = self.destinations.clone();
+        let destinations = self.destinations();
         let deadline = tokio::time::Instant::now() + limit + Duration::from_millis(500);
         // The final export waits on this thread's runtime: run it from a blocking thread.
         let done = tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(limit));

@@ -38,16 +38,22 @@ pub fn otlp_endpoint_for_display() -> String {
     signal_endpoint("TRACES", "traces")
 }
 
-/// The endpoint of one signal (`TRACES`/`traces`, `METRICS`/`metrics`), as the OTLP
-/// exporter resolves it, without user information.
-pub(crate) fn signal_endpoint(var_part: &str, path: &str) -> String {
-    let url = otlp_var(&format!("OTEL_EXPORTER_OTLP_{var_part}_ENDPOINT"))
+/// The endpoint URL of one signal (`TRACES`/`traces`, `METRICS`/`metrics`,
+/// `LOGS`/`logs`) as configured, user information included: the signal's own variable,
+/// else `/v1/<path>` under the general one, else the local default.
+fn signal_url(var_part: &str, path: &str) -> String {
+    otlp_var(&format!("OTEL_EXPORTER_OTLP_{var_part}_ENDPOINT"))
+        .map(|u| u.trim().to_string())
         .or_else(|| {
             otlp_var("OTEL_EXPORTER_OTLP_ENDPOINT")
-                .map(|base| format!("{}/v1/{path}", base.trim_end_matches('/')))
+                .map(|base| format!("{}/v1/{path}", base.trim().trim_end_matches('/')))
         })
-        .unwrap_or_else(|| format!("http://localhost:4318/v1/{path}"));
-    without_userinfo(&url)
+        .unwrap_or_else(|| format!("http://localhost:4318/v1/{path}"))
+}
+
+/// [`signal_url`] without user information, for messages.
+pub(crate) fn signal_endpoint(var_part: &str, path: &str) -> String {
+    without_userinfo(&signal_url(var_part, path))
 }
 
 /// The exporters `OTEL_<SIGNAL>_EXPORTER` names for one signal (`TRACES`, `METRICS`),
@@ -108,20 +114,6 @@ fn without_userinfo(url: &str) -> String {
     }
 }
 
-/// The traces endpoint as configured, user information included (the HTTP client sends
-/// it as basic authentication).
-fn traces_url() -> String {
-    otlp_var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-        .or_else(|| {
-            otlp_var("OTEL_EXPORTER_OTLP_ENDPOINT")
-                .map(|base| format!("{}/v1/traces", base.trim().trim_end_matches('/')))
-        })
-        .map_or_else(
-            || "http://localhost:4318/v1/traces".to_string(),
-            |u| u.trim().to_string(),
-        )
-}
-
 /// `OTEL_EXPORTER_OTLP_HEADERS`, then `OTEL_EXPORTER_OTLP_TRACES_HEADERS` (its keys win):
 /// `key=value` pairs separated by commas, percent-decoded.
 fn trace_headers(warnings: &mut Vec<String>) -> reqwest::header::HeaderMap {
@@ -177,7 +169,8 @@ impl SpanSender {
         let client = otlp_http_client(&endpoint, "TRACES")?;
         Ok(SpanSender {
             client,
-            url: traces_url(),
+            // User information in it is sent as basic authentication.
+            url: signal_url("TRACES", "traces"),
             headers: trace_headers(warnings),
             endpoint,
             resource: opentelemetry_proto::tonic::resource::v1::Resource {
@@ -300,8 +293,8 @@ pub struct OtelTelemetry {
     console: bool,
     pending: Mutex<Vec<Queued>>,
     dropped: std::sync::atomic::AtomicU64,
-    /// Span endpoints an export to has failed (dropped spans are not their failure).
-    failed: Mutex<Vec<String>>,
+    /// An export to the OTLP endpoint has failed (dropped spans are not its failure).
+    export_failed: std::sync::atomic::AtomicBool,
     batch_ready: tokio::sync::Notify,
     limits: Limits,
 }
@@ -394,7 +387,7 @@ impl OtelTelemetry {
             console,
             pending: Mutex::new(Vec::new()),
             dropped: std::sync::atomic::AtomicU64::new(0),
-            failed: Mutex::new(Vec::new()),
+            export_failed: std::sync::atomic::AtomicBool::new(false),
             batch_ready: tokio::sync::Notify::new(),
             limits: Limits::from_env(),
         };
@@ -406,18 +399,15 @@ impl OtelTelemetry {
         &self.destinations
     }
 
-    /// The span endpoints (OTLP, not `stderr`), for telling which collector failed.
-    pub fn span_endpoints(&self) -> Vec<String> {
-        self.destinations
-            .split(", ")
-            .filter(|d| *d != "stderr")
-            .map(str::to_string)
-            .collect()
+    /// The OTLP endpoint spans go to, when they go to one.
+    pub fn span_endpoint(&self) -> Option<&str> {
+        self.otlp.as_ref().map(SpanSender::endpoint)
     }
 
-    /// Span endpoints an export to has failed so far.
-    pub fn failed_span_endpoints(&self) -> Vec<String> {
-        self.failed.lock().map(|f| f.clone()).unwrap_or_default()
+    /// Whether an export of spans to the OTLP endpoint has failed so far.
+    pub fn span_export_failed(&self) -> bool {
+        self.export_failed
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Where metrics go, when they are exported.
@@ -425,9 +415,9 @@ impl OtelTelemetry {
         self.metrics.as_ref().map(super::metrics::Metrics::endpoint)
     }
 
-    /// Where log records go, when they are exported.
-    pub fn logs_destinations(&self) -> Option<&str> {
-        self.logs.as_ref().map(super::logs::Logs::destinations)
+    /// The OTLP endpoint log records go to, when they go to one.
+    pub fn logs_endpoint(&self) -> Option<&str> {
+        self.logs.as_ref().and_then(super::logs::Logs::endpoint)
     }
 
     /// Whether `OTEL_LOGS_EXPORTER` asked for pgc's log lines.
@@ -539,9 +529,8 @@ impl OtelTelemetry {
                         "exporting spans to {} failed: {e}",
                         sender.endpoint
                     ));
-                    if let Ok(mut failed) = self.failed.lock() {
-                        failed.push(sender.endpoint.clone());
-                    }
+                    self.export_failed
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
                     // The other batches are dropped: the collector is failing.
                     break;
                 }
