@@ -473,13 +473,11 @@ struct Written {
     unspanned: u64,
 }
 
-/// One new execution's producer span, as far as it is known before the commit.
+/// One new execution, for its producer span once the commit is known: what was
+/// stored (less the tracestate, which the span does not carry), with the fields the
+/// span adds and when its row was written.
 struct BatchSpan {
-    id: Uuid,
-    queue: String,
-    task: String,
-    traceparent: String,
-    parent_span_id: Option<String>,
+    enqueued: Enqueued,
     priority: i32,
     max_attempts: i32,
     start: DateTime<Utc>,
@@ -508,11 +506,17 @@ impl Written {
             return;
         }
         self.spans.push(BatchSpan {
-            id,
-            queue: row.queue.to_string(),
-            task: row.task.to_string(),
-            traceparent: traceparent.to_string(),
-            parent_span_id: parent_span_id.map(str::to_string),
+            enqueued: Enqueued {
+                id,
+                queue: row.queue.to_string(),
+                task: row.task.to_string(),
+                traceparent: traceparent.to_string(),
+                tracestate: None,
+                parent_span_id: parent_span_id.map(str::to_string),
+                parent_execution_id: opts.parent_execution_id,
+                run_at: row.run_at,
+                deduplicated: false,
+            },
             priority: row.priority,
             max_attempts: row.max_attempts,
             start: Utc::now(),
@@ -525,19 +529,8 @@ impl Written {
         let telemetry = &opts.telemetry;
         let end = Utc::now();
         for s in &self.spans {
-            let enqueued = Enqueued {
-                id: s.id,
-                queue: s.queue.clone(),
-                task: s.task.clone(),
-                traceparent: s.traceparent.clone(),
-                tracestate: None,
-                parent_span_id: s.parent_span_id.clone(),
-                parent_execution_id: opts.parent_execution_id,
-                run_at: end,
-                deduplicated: false,
-            };
             if let Some((trace_id, span)) =
-                crate::trace::enqueue_span(&enqueued, s.priority, s.max_attempts, s.start, end)
+                crate::trace::enqueue_span(&s.enqueued, s.priority, s.max_attempts, s.start, end)
             {
                 telemetry.span(&trace_id, &span);
             }
