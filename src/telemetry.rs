@@ -19,6 +19,20 @@ use uuid::Uuid;
 
 use crate::trace::Span;
 
+/// What a log line is about: with a `traceparent`, a JSON line (and an exported log
+/// record) carries its `trace_id` and `span_id`, so logs join traces.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LogContext<'a> {
+    /// The execution.
+    pub execution_id: Option<Uuid>,
+    /// Its task.
+    pub task: Option<&'a str>,
+    /// The attempt.
+    pub attempt: Option<i32>,
+    /// The W3C context of the span the line was written in.
+    pub traceparent: Option<&'a str>,
+}
+
 /// Something the engine did: the seed's `emitEvent` events, with its fields.
 #[derive(Debug, Clone, Copy)]
 #[non_exhaustive]

@@ -64,19 +64,7 @@ pub fn set_log_sink(sink: Option<LogSink>) {
     }
 }
 
-/// What a log line is about: with a `traceparent`, a JSON line carries its `trace_id`
-/// and `span_id`, so logs join traces.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct LogContext<'a> {
-    /// The execution.
-    pub execution_id: Option<uuid::Uuid>,
-    /// Its task.
-    pub task: Option<&'a str>,
-    /// The attempt.
-    pub attempt: Option<i32>,
-    /// The W3C context of the span the line was written in.
-    pub traceparent: Option<&'a str>,
-}
+pub use crate::telemetry::LogContext;
 
 /// Writes one line of pgc's own on stderr: `pgc: <prefix><text>`, or with
 /// `--log-format json` an object with `time`, `level`, `message` and the context.

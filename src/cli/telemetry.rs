@@ -95,16 +95,7 @@ impl CliTelemetry {
                 let o = o.clone();
                 super::output::set_log_sink(Some(std::sync::Arc::new(
                     move |level: &str, text: &str, ctx: &super::output::LogContext<'_>| {
-                        o.log(
-                            level,
-                            text,
-                            &crate::telemetry::logs::LogFields {
-                                traceparent: ctx.traceparent,
-                                execution_id: ctx.execution_id,
-                                task: ctx.task,
-                                attempt: ctx.attempt,
-                            },
-                        );
+                        o.log(level, text, ctx);
                     },
                 )));
             }

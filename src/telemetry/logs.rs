@@ -12,6 +12,7 @@ use opentelemetry_sdk::logs::{
     BatchLogProcessor, LogBatch, LogExporter, SdkLogger, SdkLoggerProvider, SimpleLogProcessor,
 };
 
+use super::LogContext;
 use super::otel::{exporter_names, otlp_http_client, signal_endpoint};
 use crate::trace::Resource;
 use crate::traceparent::TraceParent;
@@ -122,19 +123,6 @@ impl LogExporter for Console {
     }
 }
 
-/// What one log record says besides its text.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct LogFields<'a> {
-    /// The span it was written in (its trace and span id go on the record).
-    pub traceparent: Option<&'a str>,
-    /// The execution it is about.
-    pub execution_id: Option<uuid::Uuid>,
-    /// Its task.
-    pub task: Option<&'a str>,
-    /// The attempt.
-    pub attempt: Option<i32>,
-}
-
 /// The logger provider `OTEL_LOGS_EXPORTER` asks for.
 pub struct Logs {
     provider: SdkLoggerProvider,
@@ -228,7 +216,7 @@ impl Logs {
     }
 
     /// Records one of pgc's log lines (`level`: `info`, `warn` or `error`).
-    pub fn emit(&self, level: &str, text: &str, fields: &LogFields<'_>) {
+    pub fn emit(&self, level: &str, text: &str, fields: &LogContext<'_>) {
         let mut record = self.logger.create_log_record();
         let now = SystemTime::now();
         record.set_timestamp(now);

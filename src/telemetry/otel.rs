@@ -426,7 +426,7 @@ impl OtelTelemetry {
     }
 
     /// Records one of pgc's log lines, when logs are exported.
-    pub fn log(&self, level: &str, text: &str, fields: &super::logs::LogFields<'_>) {
+    pub fn log(&self, level: &str, text: &str, fields: &super::LogContext<'_>) {
         if let Some(logs) = &self.logs {
             logs.emit(level, text, fields);
         }
