@@ -182,9 +182,11 @@ set status = 'running',
     locked_until = now() + make_interval(secs => $5::float8),
     lease_generation = e.lease_generation + 1,
     started_at = now(),
-    -- 16 hex digits of a random UUID's second half: random, never all zeros (its
-    -- variant digit is 8-b).
-    attempt_span_id = substr(replace(gen_random_uuid()::text, '-', ''), 17, 16)
+    -- 16 random hex digits, never all zeros (the low half is at least 1). random() is
+    -- the backend's own generator, seeded from a strong source; gen_random_uuid() asks
+    -- the cryptographic one per row, which cost more than a tenth of a claim.
+    attempt_span_id = lpad(to_hex(((random() * 4294967295)::bigint << 32)
+                                  | ((random() * 4294967294)::bigint + 1)), 16, '0')
 -- `= any(array(…))` keeps the plan an index lookup per claimed row; a join with the CTE
 -- can turn into a hash join over the whole table.
 where e.id = any(array(select id from c))
@@ -192,8 +194,8 @@ returning e.id, e.queue, e.task_key, e.payload::text, e.attempts, e.max_attempts
           e.trace_context, e.lease_generation, e.attempt_span_id, e.parent_execution_id";
 
 /// Settle completed attempts: `$2` ids, `$3` generations, `$4` results (JSON text or
-/// null), and wake `--wait`ers (PostgreSQL sends one notification per transaction for
-/// the identical ones). Returns the ids it settled; the others had lost their lease.
+/// null), and wake `--wait`ers when any was settled. One row: the array of the ids it
+/// settled (null when none; the others had lost their lease).
 pub const COMPLETE: &str = "
 with upd as (
     update pgconductor._private_executions e
@@ -203,7 +205,8 @@ with upd as (
     where e.id = v.id and e.locked_by = $1 and e.lease_generation = v.generation
     returning e.id
 )
-select id, pg_notify('pgconductor_finished', '')::text from upd";
+select s.ids, case when s.ids is not null then pg_notify('pgconductor_finished', '') end::text
+from (select array_agg(id) as ids from upd) s";
 
 /// Settle failed attempts: `$2` ids, `$3` generations, `$4` errors, `$5` outcomes
 /// (`failed` or `timed_out`), `$6` retry delays in seconds. With attempts left the

@@ -1366,7 +1366,14 @@ async fn settle_all(
         };
         outcomes.push((id, outcome, message, status));
     };
-    session.client.batch_execute("begin").await?;
+    // One statement needs no transaction of its own: completions alone (the common case)
+    // save the two round trips. Anything else may run several statements and a notify,
+    // which must commit together, so that a batch repeated after an error settles nothing
+    // twice and reports nothing as lost that was settled.
+    let single = fail.0.is_empty() && release.0.is_empty() && cancelled.0.is_empty();
+    if !single {
+        session.client.batch_execute("begin").await?;
+    }
     let mut finished_other = false;
     let mut settled: std::collections::HashSet<Uuid> = std::collections::HashSet::new();
     if !complete.0.is_empty() {
@@ -1376,8 +1383,11 @@ async fn settle_all(
                 &[&worker_id, &complete.0, &complete.1, &complete.2],
             )
             .await?;
-        for r in rows {
-            let id: Uuid = r.try_get(0)?;
+        let ids: Vec<Uuid> = match rows.first() {
+            Some(r) => r.try_get::<_, Option<Vec<Uuid>>>(0)?.unwrap_or_default(),
+            None => Vec::new(),
+        };
+        for id in ids {
             settled.insert(id);
             report.completed += 1;
             emit(id, "completed", None, "completed");
@@ -1532,7 +1542,9 @@ async fn settle_all(
             "running",
         );
     }
-    session.client.batch_execute("commit").await?;
+    if !single {
+        session.client.batch_execute("commit").await?;
+    }
     for (id, outcome, message, status) in outcomes {
         let Some(d) = by_id.get(&id) else { continue };
         opts.telemetry.event(&TelemetryEvent::Execution {

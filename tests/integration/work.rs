@@ -560,6 +560,21 @@ async fn four_workers_complete_twenty_thousand_tasks_exactly_once() {
         );
     }
     completed_once(&db, 20_000).await;
+    // Every attempt got a span id of its own: 16 lowercase hex digits, never all zeros.
+    let ids = db
+        .client()
+        .await
+        .query_one(
+            "select count(distinct attempt_span_id),
+                    count(*) filter (where attempt_span_id !~ '^[0-9a-f]{16}$'
+                                        or attempt_span_id = '0000000000000000')
+             from pgconductor._private_executions",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(ids.get::<_, i64>(0), 20_000, "attempt span ids are unique");
+    assert_eq!(ids.get::<_, i64>(1), 0, "attempt span ids are valid");
 }
 
 #[tokio::test]
