@@ -157,16 +157,28 @@ pub const GENERIC_PLANS: &str = "set plan_cache_mode = force_generic_plan";
 
 /// Claim up to `$3` due executions of the queues `$2` (in each queue's priority order,
 /// then the oldest first), for worker `$1`, leased for `$5` seconds. `$4`: the tasks the
-/// worker has handlers for, or null for all. Each claim starts an attempt: a new attempt
-/// span id, `attempts + 1`, and a new lease generation.
+/// worker has handlers for, or null for all. `$6`, `$7`, `$8`: per queue, the claim
+/// index position (priority, run_at, id) to start from, null for the beginning. Each
+/// claim starts an attempt: a new attempt span id, `attempts + 1`, and a new lease
+/// generation.
+///
+/// The start positions matter because claimed rows leave dead entries at the front of
+/// the claim index until a vacuum removes them: a claim from the beginning walks every
+/// one of them, which after 100,000 claims is hundreds of index pages per claim. The
+/// worker starts where its last claim started, and from the beginning whenever rows may
+/// sit before that (see `ClaimStarts`).
 pub const CLAIM: &str = "
 with c as (
     select x.id
-    from unnest($2::text[]) as q(name),
+    from unnest($2::text[], $6::int[], $7::timestamptz[], $8::uuid[])
+         as q(name, priority, run_at, id),
     lateral (
         select e.id, e.priority, e.run_at
         from pgconductor._private_executions e
         where e.queue = q.name and e.status = 'pending' and e.run_at <= now()
+          and (e.priority, e.run_at, e.id)
+              >= (coalesce(q.priority, -2147483648), coalesce(q.run_at, '-infinity'),
+                  coalesce(q.id, '00000000-0000-0000-0000-000000000000'))
           and ($4::text[] is null or e.task_key = any($4::text[]))
         order by e.priority, e.run_at, e.id
         limit $3
@@ -191,7 +203,8 @@ set status = 'running',
 -- can turn into a hash join over the whole table.
 where e.id = any(array(select id from c))
 returning e.id, e.queue, e.task_key, e.payload::text, e.attempts, e.max_attempts,
-          e.trace_context, e.lease_generation, e.attempt_span_id, e.parent_execution_id";
+          e.trace_context, e.lease_generation, e.attempt_span_id, e.parent_execution_id,
+          e.priority, e.run_at";
 
 /// Settle completed attempts: `$2` ids, `$3` generations, `$4` results (JSON text or
 /// null), and wake `--wait`ers when any was settled. One row: the array of the ids it

@@ -628,6 +628,7 @@ pub async fn run(
     let mut local: std::collections::VecDeque<(Key, tokio_postgres::Row)> =
         std::collections::VecDeque::new();
     let mut want_claim = true;
+    let mut starts = ClaimStarts::new(opts.queues.len());
     // Whether attempts keep what their live spans need.
     let traced = opts.telemetry.wants_spans();
     // When a retry this worker scheduled falls due.
@@ -643,7 +644,7 @@ pub async fn run(
     )>();
     let mut claimers: Vec<Claimer> = (0..CLAIMERS)
         .map(|index| {
-            let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<usize>();
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Vec<Option<Position>>)>();
             let task = tokio::spawn(claimer(
                 index,
                 Db::new(conn.clone(), None).with_telemetry(opts.telemetry.clone()),
@@ -696,7 +697,11 @@ pub async fn run(
             }
         }
         let free = opts.concurrency.saturating_sub(inflight.len());
-        let claiming: usize = claimers.iter().filter_map(|c| c.running).map(|r| r.0).sum();
+        let claiming: usize = claimers
+            .iter()
+            .filter_map(|c| c.running.as_ref())
+            .map(|r| r.size)
+            .sum();
         let mut room = (free + opts.prefetch).saturating_sub(local.len() + claiming);
         for c in claimers.iter_mut().filter(|c| c.running.is_none()) {
             if stopping || !want_claim || room == 0 {
@@ -705,8 +710,13 @@ pub async fn run(
             // The claim runs in the claimer task: this loop goes on starting and
             // collecting handlers meanwhile.
             let n = room.min(opts.claim_batch);
-            if c.requests.send(n).is_ok() {
-                c.running = Some((n, wakes));
+            if c.requests.send((n, starts.starts.clone())).is_ok() {
+                c.running = Some(Asked {
+                    size: n,
+                    wakes,
+                    resets: starts.resets,
+                    from_start: !starts.hinted(),
+                });
                 room -= n;
             }
         }
@@ -776,22 +786,31 @@ pub async fn run(
                 break;
             }
             Some((index, claimed)) = claimed_rx.recv() => {
-                let wakes_at_claim = claimers
+                let asked = claimers
                     .get_mut(index)
                     .and_then(|c| c.running.take())
-                    .map_or(wakes, |r| r.1);
+                    .unwrap_or(Asked { size: 0, wakes, resets: starts.resets, from_start: true });
                 match claimed {
                     Ok(rows) => {
                         // A short batch may only mean that other workers held rows
                         // locked for a moment (SKIP LOCKED): try again while claims
                         // return anything, and wait for a wake-up once one returns none.
                         // A wake-up that came while the claim ran may be for rows it could
-                        // not see yet: claim again then too.
-                        want_claim = !rows.is_empty() || wakes != wakes_at_claim;
+                        // not see yet: claim again then too. So may a short claim that
+                        // did not start at the beginning of the queues: the next one does.
+                        let short = rows.len() < asked.size;
+                        want_claim = !rows.is_empty()
+                            || wakes != asked.wakes
+                            || (short && !asked.from_start);
                         if !rows.is_empty() {
                             // So that the other claimer's empty answer, which may have
                             // started before this one, does not stop claiming.
                             wakes += 1;
+                        }
+                        if short {
+                            starts.reset();
+                        } else {
+                            starts.advance(asked.resets, &first_positions(&rows, &opts.queues));
                         }
                         for row in rows {
                             if !stopping && inflight.len() < opts.concurrency {
@@ -808,7 +827,10 @@ pub async fn run(
                         }
                     }
                     // The claimer reported the trouble and waited out its backoff.
-                    Err(()) => want_claim = true,
+                    Err(()) => {
+                        want_claim = true;
+                        starts.reset();
+                    }
                 }
             }
             Some((n, next_retry)) = settled_rx.recv() => {
@@ -825,6 +847,7 @@ pub async fn run(
                 retry_wake = None;
                 want_claim = true;
                 wakes += 1;
+                starts.reset();
             }
             Some(done) = joins.join_next_with_id(), if !joins.is_empty() => {
                 let mut collect = |r: std::result::Result<(tokio::task::Id, Done), tokio::task::JoinError>| {
@@ -871,6 +894,7 @@ pub async fn run(
                     Wake::Enqueued => {
                         want_claim = true;
                         wakes += 1;
+                        starts.reset();
                     }
                     Wake::Cancel(id) => {
                         for (key, f) in inflight.iter().filter(|(k, _)| k.0 == id) {
@@ -905,6 +929,7 @@ pub async fn run(
             _ = poll.tick() => {
                 want_claim = true;
                 wakes += 1;
+                starts.reset();
             }
             _ = renew.tick() => {
                 if let Some(client) = db.client(&events).await {
@@ -949,6 +974,7 @@ pub async fn run(
                             }
                             want_claim = true;
                             wakes += 1;
+                            starts.reset();
                         }
                         Err(e) => db.fail(&events, e.to_string()),
                     }
@@ -985,11 +1011,111 @@ const CLAIMERS: usize = 2;
 
 /// One claimer task, as the worker's loop sees it.
 struct Claimer {
-    requests: tokio::sync::mpsc::UnboundedSender<usize>,
+    /// Claims to run: how many executions at most, and where each queue starts.
+    requests: tokio::sync::mpsc::UnboundedSender<(usize, Vec<Option<Position>>)>,
     task: tokio::task::JoinHandle<()>,
-    /// The claim it works on: its size, and how many wake-ups had been seen when it
-    /// was asked for.
-    running: Option<(usize, u64)>,
+    /// The claim it works on.
+    running: Option<Asked>,
+}
+
+/// A claim asked of a claimer.
+struct Asked {
+    /// The most executions it may claim.
+    size: usize,
+    /// Wake-ups seen when it was asked for.
+    wakes: u64,
+    /// [`ClaimStarts::resets`] when it was asked for.
+    resets: u64,
+    /// Whether it started at the beginning of every queue.
+    from_start: bool,
+}
+
+/// A position in the claim index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Position {
+    priority: i32,
+    run_at: chrono::DateTime<chrono::Utc>,
+    id: Uuid,
+}
+
+/// Where the next claim starts in each of the worker's queues (in the order of
+/// `WorkerOptions::queues`; `None`: at the beginning). Claimed rows leave dead entries
+/// at the front of the claim index until a vacuum; starting where the last full claim
+/// started skips them. Pending rows can appear before that point: an enqueue with a
+/// smaller priority number, a retry or a recovered execution of a higher priority, a
+/// row another worker held locked and gave back. So the starts go back to the
+/// beginning on every enqueue notification, retry, recovery and poll, and after any
+/// claim that came back short.
+struct ClaimStarts {
+    starts: Vec<Option<Position>>,
+    /// How often the starts went back to the beginning: a claim asked for before the
+    /// last reset does not move them forward again.
+    resets: u64,
+}
+
+impl ClaimStarts {
+    fn new(queues: usize) -> Self {
+        ClaimStarts {
+            starts: vec![None; queues],
+            resets: 0,
+        }
+    }
+
+    fn hinted(&self) -> bool {
+        self.starts.iter().any(Option::is_some)
+    }
+
+    fn reset(&mut self) {
+        self.starts.fill(None);
+        self.resets += 1;
+    }
+
+    /// After a full claim asked for at `resets`, which claimed `firsts` first in each
+    /// queue: each queue it claimed from starts there, or later. Everything before that
+    /// row was dead, not due, or held by another claim.
+    fn advance(&mut self, resets: u64, firsts: &[Option<Position>]) {
+        if resets != self.resets {
+            return;
+        }
+        for (start, first) in self.starts.iter_mut().zip(firsts) {
+            if let Some(f) = *first
+                && start.is_none_or(|s| s < f)
+            {
+                *start = Some(f);
+            }
+        }
+    }
+}
+
+/// The first claimed row of each queue (in the order of `queues`), by claim order.
+fn first_positions(rows: &[tokio_postgres::Row], queues: &[String]) -> Vec<Option<Position>> {
+    let mut firsts: Vec<Option<Position>> = vec![None; queues.len()];
+    for row in rows {
+        let (Ok(queue), Ok(priority), Ok(run_at), Ok(id)) = (
+            row.try_get::<_, &str>(1),
+            row.try_get(10),
+            row.try_get(11),
+            row.try_get(0),
+        ) else {
+            continue;
+        };
+        let Some(first) = queues
+            .iter()
+            .position(|q| q == queue)
+            .and_then(|i| firsts.get_mut(i))
+        else {
+            continue;
+        };
+        let p = Position {
+            priority,
+            run_at,
+            id,
+        };
+        if first.is_none_or(|f| p < f) {
+            *first = Some(p);
+        }
+    }
+    firsts
 }
 
 /// What the claimer claims with.
@@ -1049,21 +1175,34 @@ async fn claimer(
     index: usize,
     mut db: Db,
     q: ClaimQuery,
-    mut requests: tokio::sync::mpsc::UnboundedReceiver<usize>,
+    mut requests: tokio::sync::mpsc::UnboundedReceiver<(usize, Vec<Option<Position>>)>,
     answers: tokio::sync::mpsc::UnboundedSender<(
         usize,
         std::result::Result<Vec<tokio_postgres::Row>, ()>,
     )>,
     events: EventSink,
 ) {
-    while let Some(n) = requests.recv().await {
+    while let Some((n, starts)) = requests.recv().await {
         let limit = i64::try_from(n).unwrap_or(i64::MAX);
+        let priorities: Vec<Option<i32>> = starts.iter().map(|s| s.map(|p| p.priority)).collect();
+        let run_ats: Vec<Option<chrono::DateTime<chrono::Utc>>> =
+            starts.iter().map(|s| s.map(|p| p.run_at)).collect();
+        let ids: Vec<Option<Uuid>> = starts.iter().map(|s| s.map(|p| p.id)).collect();
         let answer = match db.session(&events).await {
             Some(mut session) => {
                 let started = Instant::now();
                 match bounded(session.query(
                     sql::CLAIM,
-                    &[&q.worker_id, &q.queues, &limit, &q.tasks, &q.lease_secs],
+                    &[
+                        &q.worker_id,
+                        &q.queues,
+                        &limit,
+                        &q.tasks,
+                        &q.lease_secs,
+                        &priorities,
+                        &run_ats,
+                        &ids,
+                    ],
                 ))
                 .await
                 {
@@ -1679,5 +1818,50 @@ async fn listen(
             () = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(priority: i32, secs: i64, id: u128) -> Position {
+        Position {
+            priority,
+            run_at: chrono::DateTime::from_timestamp(secs, 0).unwrap_or_default(),
+            id: Uuid::from_u128(id),
+        }
+    }
+
+    #[test]
+    fn positions_order_like_the_claim_index() {
+        // (priority, run_at, id), the id compared byte by byte as PostgreSQL does.
+        assert!(at(-1, 9, 9) < at(0, 1, 1));
+        assert!(at(0, 1, 9) < at(0, 2, 1));
+        assert!(at(0, 1, 1) < at(0, 1, 2));
+        assert!(at(0, 1, 0x00ff) < at(0, 1, 0x0100));
+        assert!(at(0, 1, u128::MAX >> 8) < at(0, 1, 1 << 127));
+    }
+
+    #[test]
+    fn starts_move_forward_after_full_claims_only_since_the_last_reset() {
+        let mut s = ClaimStarts::new(2);
+        assert!(!s.hinted());
+        s.advance(0, &[Some(at(0, 5, 1)), None]);
+        assert_eq!(s.starts, vec![Some(at(0, 5, 1)), None]);
+        assert!(s.hinted());
+        // Never backwards: the other claimer's claim, which took earlier rows.
+        s.advance(0, &[Some(at(0, 3, 1)), Some(at(2, 1, 1))]);
+        assert_eq!(s.starts, vec![Some(at(0, 5, 1)), Some(at(2, 1, 1))]);
+        s.advance(0, &[Some(at(0, 6, 1)), None]);
+        assert_eq!(s.starts, vec![Some(at(0, 6, 1)), Some(at(2, 1, 1))]);
+        s.reset();
+        assert_eq!(s.starts, vec![None, None]);
+        assert!(!s.hinted());
+        // A claim asked for before the reset does not undo it.
+        s.advance(0, &[Some(at(0, 7, 1)), None]);
+        assert_eq!(s.starts, vec![None, None]);
+        s.advance(1, &[Some(at(0, 7, 1)), None]);
+        assert_eq!(s.starts, vec![Some(at(0, 7, 1)), None]);
     }
 }

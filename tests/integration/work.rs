@@ -527,6 +527,76 @@ async fn a_handler_that_finishes_within_the_shutdown_timeout_completes() {
     let _ = std::fs::remove_file(&started);
 }
 
+#[tokio::test]
+async fn a_higher_priority_task_enqueued_during_a_drain_runs_next() {
+    // Mid-drain the worker's claims start past the rows it already claimed; a task
+    // enqueued before that point (a smaller priority number) must still go first.
+    let db = TestDb::migrated().await;
+    let line = "{\"task\":\"t\",\"priority\":5}\n";
+    run_with_stdin(
+        &mut db.pgc(),
+        &["enqueue", "--batch", "-"],
+        line.repeat(3000).as_bytes(),
+    )
+    .ok();
+    // No polling: only the enqueue notification can bring the claims back.
+    let w = spawn_worker(
+        &db,
+        &[
+            "--until-empty",
+            "--poll-interval",
+            "1h",
+            "--concurrency",
+            "4",
+            "--",
+            "true",
+        ],
+    );
+    let client = db.client().await;
+    let finished = || async {
+        client
+            .query_one(
+                "select count(*) from pgconductor._private_executions where status = 'completed'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    wait_for(
+        Duration::from_secs(60),
+        "the drain to get going",
+        || async { finished().await >= 300 },
+    )
+    .await;
+    let urgent = enqueue(&db, &["urgent", "--priority", "0"]);
+    let out = w.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = client
+        .query_one(
+            "select count(*) filter (where e.started_at > u.started_at),
+                    count(*) filter (where e.started_at > u.created_at
+                                       and e.started_at < u.started_at)
+             from pgconductor._private_executions e,
+                  pgconductor._private_executions u
+             where u.id = $1 and e.id <> u.id",
+            &[&urgent],
+        )
+        .await
+        .unwrap();
+    let (after, between) = (r.get::<_, i64>(0), r.get::<_, i64>(1));
+    assert!(after > 0, "the drain was over before the urgent task came");
+    // Claims already asked for when it came may start first; nothing more.
+    assert!(
+        between <= 16,
+        "{between} tasks started between the urgent task's enqueue and its start"
+    );
+}
+
 async fn completed_once(db: &TestDb, n: i64) {
     let client = db.client().await;
     let r = client
