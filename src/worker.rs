@@ -439,6 +439,19 @@ struct Session<'a> {
 }
 
 impl Session<'_> {
+    /// `sql`, prepared on first use.
+    async fn prepared(
+        &mut self,
+        sql: &'static str,
+    ) -> std::result::Result<Statement, tokio_postgres::Error> {
+        if let Some(s) = self.stmts.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.client.prepare(sql).await?;
+        self.stmts.insert(sql, s.clone());
+        Ok(s)
+    }
+
     /// Runs `sql`, prepared on first use.
     async fn query(
         &mut self,
@@ -446,14 +459,7 @@ impl Session<'_> {
         params: &[&(dyn ToSql + Sync)],
     ) -> std::result::Result<Vec<Row>, tokio_postgres::Error> {
         let started = Instant::now();
-        let stmt = match self.stmts.get(sql) {
-            Some(s) => s.clone(),
-            None => {
-                let s = self.client.prepare(sql).await?;
-                self.stmts.insert(sql, s.clone());
-                s
-            }
-        };
+        let stmt = self.prepared(sql).await?;
         let rows = self.client.query(&stmt, params).await;
         self.telemetry.event(&TelemetryEvent::DbQuery {
             label: statement_label(sql),
@@ -461,6 +467,33 @@ impl Session<'_> {
             retries: 0,
         });
         rows
+    }
+}
+
+impl Session<'_> {
+    /// Runs `sql` in a transaction of its own, pipelined: begin, the statement and
+    /// commit go out together (PostgreSQL turns the commit into a rollback when the
+    /// statement fails).
+    async fn query_in_transaction(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> std::result::Result<Vec<Row>, tokio_postgres::Error> {
+        let started = Instant::now();
+        let stmt = self.prepared(sql).await?;
+        // tokio-postgres sends requests in the order their futures are first polled,
+        // which `try_join!` does in order.
+        let (_, rows, _) = tokio::try_join!(
+            self.client.batch_execute("begin"),
+            self.client.query(&stmt, params),
+            self.client.batch_execute("commit"),
+        )?;
+        self.telemetry.event(&TelemetryEvent::DbQuery {
+            label: statement_label(sql),
+            duration: started.elapsed(),
+            retries: 0,
+        });
+        Ok(rows)
     }
 }
 
@@ -710,12 +743,14 @@ pub async fn run(
             // The claim runs in the claimer task: this loop goes on starting and
             // collecting handlers meanwhile.
             let n = room.min(opts.claim_batch);
-            if c.requests.send((n, starts.starts.clone())).is_ok() {
+            let from = starts.for_claim();
+            let from_start = from.iter().all(Option::is_none);
+            if c.requests.send((n, from)).is_ok() {
                 c.running = Some(Asked {
                     size: n,
                     wakes,
                     resets: starts.resets,
-                    from_start: !starts.hinted(),
+                    from_start,
                 });
                 room -= n;
             }
@@ -789,7 +824,8 @@ pub async fn run(
                 let asked = claimers
                     .get_mut(index)
                     .and_then(|c| c.running.take())
-                    .unwrap_or(Asked { size: 0, wakes, resets: starts.resets, from_start: true });
+                    // Never without a request; if it were, it moves no start.
+                    .unwrap_or(Asked { size: 0, wakes, resets: starts.resets.wrapping_sub(1), from_start: true });
                 match claimed {
                     Ok(rows) => {
                         // A short batch may only mean that other workers held rows
@@ -1038,19 +1074,32 @@ struct Position {
     id: Uuid,
 }
 
-/// Where the next claim starts in each of the worker's queues (in the order of
-/// `WorkerOptions::queues`; `None`: at the beginning). Claimed rows leave dead entries
-/// at the front of the claim index until a vacuum; starting where the last full claim
-/// started skips them. Pending rows can appear before that point: an enqueue with a
-/// smaller priority number, a retry or a recovered execution of a higher priority, a
-/// row another worker held locked and gave back. So the starts go back to the
-/// beginning on every enqueue notification, retry, recovery and poll, and after any
-/// claim that came back short.
+/// How long claims may start past the beginning of a queue before one starts at the
+/// beginning again: the most a due execution that appeared before the start (see
+/// [`ClaimStarts`]) waits for a claim to see it.
+const CLAIM_START_AGE: Duration = Duration::from_millis(50);
+
+/// Where the next claim starts in the worker's queue (`None`: at the beginning).
+/// Claimed rows leave dead entries at the front of the claim index until a vacuum;
+/// starting where the last full claim started skips them.
+///
+/// Due executions can appear before that point: an enqueue with a smaller priority
+/// number, or one that falls due later; a retry, a recovered execution, or a row
+/// another worker held locked and gave back. So the starts go back to the beginning on
+/// every enqueue notification, this worker's retries and recoveries, polls, after a
+/// short claim, and at least every [`CLAIM_START_AGE`].
+///
+/// Only a worker of one queue uses starts. With several, a claim locks up to its limit
+/// in each queue and keeps the best across them: the rows it drops stay locked until
+/// it commits, the other claimer passes over them, and a start taken from that claim
+/// would leave them behind.
 struct ClaimStarts {
     starts: Vec<Option<Position>>,
     /// How often the starts went back to the beginning: a claim asked for before the
     /// last reset does not move them forward again.
     resets: u64,
+    /// When they last went back to the beginning.
+    since: Instant,
 }
 
 impl ClaimStarts {
@@ -1058,7 +1107,17 @@ impl ClaimStarts {
         ClaimStarts {
             starts: vec![None; queues],
             resets: 0,
+            since: Instant::now(),
         }
+    }
+
+    /// The starts for the next claim: from the beginning once they are
+    /// [`CLAIM_START_AGE`] old.
+    fn for_claim(&mut self) -> Vec<Option<Position>> {
+        if self.hinted() && self.since.elapsed() >= CLAIM_START_AGE {
+            self.reset();
+        }
+        self.starts.clone()
     }
 
     fn hinted(&self) -> bool {
@@ -1068,13 +1127,14 @@ impl ClaimStarts {
     fn reset(&mut self) {
         self.starts.fill(None);
         self.resets += 1;
+        self.since = Instant::now();
     }
 
     /// After a full claim asked for at `resets`, which claimed `firsts` first in each
     /// queue: each queue it claimed from starts there, or later. Everything before that
     /// row was dead, not due, or held by another claim.
     fn advance(&mut self, resets: u64, firsts: &[Option<Position>]) {
-        if resets != self.resets {
+        if resets != self.resets || self.starts.len() != 1 {
             return;
         }
         for (start, first) in self.starts.iter_mut().zip(firsts) {
@@ -1505,10 +1565,11 @@ async fn settle_all(
         };
         outcomes.push((id, outcome, message, status));
     };
-    // One statement needs no transaction of its own: completions alone (the common case)
-    // save the two round trips. Anything else may run several statements and a notify,
-    // which must commit together, so that a batch repeated after an error settles nothing
-    // twice and reports nothing as lost that was settled.
+    // Everything commits together, so that a batch repeated after an error (the
+    // connection lost, the query timing out) settles nothing twice and reports nothing
+    // as lost that was settled: only an error on the commit itself leaves that open.
+    // Completions alone (the common case) are one statement, sent with its begin and
+    // commit at once instead of in three round trips.
     let single = fail.0.is_empty() && release.0.is_empty() && cancelled.0.is_empty();
     if !single {
         session.client.batch_execute("begin").await?;
@@ -1516,12 +1577,12 @@ async fn settle_all(
     let mut finished_other = false;
     let mut settled: std::collections::HashSet<Uuid> = std::collections::HashSet::new();
     if !complete.0.is_empty() {
-        let rows = session
-            .query(
-                sql::COMPLETE,
-                &[&worker_id, &complete.0, &complete.1, &complete.2],
-            )
-            .await?;
+        let params: [&(dyn ToSql + Sync); 4] = [&worker_id, &complete.0, &complete.1, &complete.2];
+        let rows = if single {
+            session.query_in_transaction(sql::COMPLETE, &params).await?
+        } else {
+            session.query(sql::COMPLETE, &params).await?
+        };
         let ids: Vec<Uuid> = match rows.first() {
             Some(r) => r.try_get::<_, Option<Vec<Uuid>>>(0)?.unwrap_or_default(),
             None => Vec::new(),
@@ -1845,23 +1906,41 @@ mod tests {
 
     #[test]
     fn starts_move_forward_after_full_claims_only_since_the_last_reset() {
-        let mut s = ClaimStarts::new(2);
+        let mut s = ClaimStarts::new(1);
         assert!(!s.hinted());
-        s.advance(0, &[Some(at(0, 5, 1)), None]);
-        assert_eq!(s.starts, vec![Some(at(0, 5, 1)), None]);
+        s.advance(0, &[Some(at(0, 5, 1))]);
+        assert_eq!(s.starts, vec![Some(at(0, 5, 1))]);
         assert!(s.hinted());
         // Never backwards: the other claimer's claim, which took earlier rows.
-        s.advance(0, &[Some(at(0, 3, 1)), Some(at(2, 1, 1))]);
-        assert_eq!(s.starts, vec![Some(at(0, 5, 1)), Some(at(2, 1, 1))]);
-        s.advance(0, &[Some(at(0, 6, 1)), None]);
-        assert_eq!(s.starts, vec![Some(at(0, 6, 1)), Some(at(2, 1, 1))]);
+        s.advance(0, &[Some(at(0, 3, 1))]);
+        assert_eq!(s.starts, vec![Some(at(0, 5, 1))]);
+        s.advance(0, &[None]);
+        assert_eq!(s.starts, vec![Some(at(0, 5, 1))]);
+        s.advance(0, &[Some(at(0, 6, 1))]);
+        assert_eq!(s.for_claim(), vec![Some(at(0, 6, 1))]);
         s.reset();
-        assert_eq!(s.starts, vec![None, None]);
+        assert_eq!(s.starts, vec![None]);
         assert!(!s.hinted());
         // A claim asked for before the reset does not undo it.
-        s.advance(0, &[Some(at(0, 7, 1)), None]);
-        assert_eq!(s.starts, vec![None, None]);
-        s.advance(1, &[Some(at(0, 7, 1)), None]);
-        assert_eq!(s.starts, vec![Some(at(0, 7, 1)), None]);
+        s.advance(0, &[Some(at(0, 7, 1))]);
+        assert_eq!(s.starts, vec![None]);
+        s.advance(1, &[Some(at(0, 7, 1))]);
+        assert_eq!(s.starts, vec![Some(at(0, 7, 1))]);
+    }
+
+    #[test]
+    fn starts_go_back_to_the_beginning_once_they_are_old() {
+        let mut s = ClaimStarts::new(1);
+        s.advance(0, &[Some(at(0, 5, 1))]);
+        std::thread::sleep(CLAIM_START_AGE + Duration::from_millis(10));
+        assert_eq!(s.for_claim(), vec![None]);
+        assert_eq!(s.resets, 1);
+    }
+
+    #[test]
+    fn a_worker_of_several_queues_always_claims_from_the_beginning() {
+        let mut s = ClaimStarts::new(2);
+        s.advance(0, &[Some(at(0, 5, 1)), Some(at(0, 5, 2))]);
+        assert_eq!(s.for_claim(), vec![None, None]);
     }
 }

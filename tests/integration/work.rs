@@ -597,6 +597,71 @@ async fn a_higher_priority_task_enqueued_during_a_drain_runs_next() {
     );
 }
 
+#[tokio::test]
+async fn a_higher_priority_task_falling_due_during_a_drain_runs_soon() {
+    // No notification comes when a delayed task falls due: the claims must still go
+    // back to the beginning of the queue to find it.
+    let db = TestDb::migrated().await;
+    let line = "{\"task\":\"t\",\"priority\":5}\n";
+    run_with_stdin(
+        &mut db.pgc(),
+        &["enqueue", "--batch", "-"],
+        line.repeat(6000).as_bytes(),
+    )
+    .ok();
+    let w = spawn_worker(
+        &db,
+        &[
+            "--until-empty",
+            "--poll-interval",
+            "1h",
+            "--concurrency",
+            "4",
+            "--",
+            "true",
+        ],
+    );
+    let client = db.client().await;
+    wait_for(
+        Duration::from_secs(60),
+        "the drain to get going",
+        || async {
+            client
+            .query_one(
+                "select count(*) from pgconductor._private_executions where status = 'completed'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+            >= 300
+        },
+    )
+    .await;
+    let urgent = enqueue(&db, &["urgent", "--priority", "0", "--delay", "500ms"]);
+    let out = w.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after: i64 = client
+        .query_one(
+            "select count(*) from pgconductor._private_executions e,
+                                  pgconductor._private_executions u
+             where u.id = $1 and e.started_at > u.started_at",
+            &[&urgent],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    // At a few thousand tasks a second, thousands were still waiting when it fell due.
+    assert!(
+        after >= 1000,
+        "only {after} tasks started after the urgent one"
+    );
+}
+
 async fn completed_once(db: &TestDb, n: i64) {
     let client = db.client().await;
     let r = client
