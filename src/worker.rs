@@ -80,7 +80,9 @@ pub struct WorkerOptions {
     pub claim_batch: usize,
     /// Executions claimed ahead of free handler slots, so that a slot that frees starts
     /// the next one without waiting for a claim. They hold their lease while they wait,
-    /// so other workers cannot take them, and their attempt starts at the claim. 0: none.
+    /// so other workers cannot take them, and their attempt starts at the claim. The
+    /// worker claims ahead at least this many, and more when handlers are short (see
+    /// `ClaimAhead`).
     pub prefetch: usize,
     /// Where attempt spans go (nowhere by default).
     pub telemetry: crate::telemetry::Hooks,
@@ -662,6 +664,7 @@ pub async fn run(
         std::collections::VecDeque::new();
     let mut want_claim = true;
     let mut starts = ClaimStarts::new(opts.queues.len());
+    let mut ahead = ClaimAhead::default();
     // Whether attempts keep what their live spans need.
     let traced = opts.telemetry.wants_spans();
     // When a retry this worker scheduled falls due.
@@ -730,12 +733,13 @@ pub async fn run(
             }
         }
         let free = opts.concurrency.saturating_sub(inflight.len());
+        let prefetch = opts.prefetch.max(ahead.target(opts.concurrency));
         let claiming: usize = claimers
             .iter()
             .filter_map(|c| c.running.as_ref())
             .map(|r| r.size)
             .sum();
-        let mut room = (free + opts.prefetch).saturating_sub(local.len() + claiming);
+        let mut room = (free + prefetch).saturating_sub(local.len() + claiming);
         for c in claimers.iter_mut().filter(|c| c.running.is_none()) {
             if stopping || !want_claim || room == 0 {
                 break;
@@ -747,6 +751,7 @@ pub async fn run(
             let from_start = from.iter().all(Option::is_none);
             if c.requests.send((n, from)).is_ok() {
                 c.running = Some(Asked {
+                    at: Instant::now(),
                     size: n,
                     wakes,
                     resets: starts.resets,
@@ -825,9 +830,10 @@ pub async fn run(
                     .get_mut(index)
                     .and_then(|c| c.running.take())
                     // Never without a request; if it were, it moves no start.
-                    .unwrap_or(Asked { size: 0, wakes, resets: starts.resets.wrapping_sub(1), from_start: true });
+                    .unwrap_or(Asked { at: Instant::now(), size: 0, wakes, resets: starts.resets.wrapping_sub(1), from_start: true });
                 match claimed {
                     Ok(rows) => {
+                        ahead.claimed(asked.at.elapsed());
                         // A short batch may only mean that other workers held rows
                         // locked for a moment (SKIP LOCKED): try again while claims
                         // return anything, and wait for a wake-up once one returns none.
@@ -912,6 +918,7 @@ pub async fn run(
                     };
                     let key = (d.id, d.generation);
                     inflight.remove(&key);
+                    ahead.ran(d.duration);
                     d.cancelled = cancelling.remove(&key);
                     unsettled += 1;
                     // The settler outlives this loop; a send fails only if it
@@ -1056,6 +1063,8 @@ struct Claimer {
 
 /// A claim asked of a claimer.
 struct Asked {
+    /// When it was asked for.
+    at: Instant,
     /// The most executions it may claim.
     size: usize,
     /// Wake-ups seen when it was asked for.
@@ -1064,6 +1073,58 @@ struct Asked {
     resets: u64,
     /// Whether it started at the beginning of every queue.
     from_start: bool,
+}
+
+/// How many executions to claim ahead of free slots on the worker's own account: as
+/// many as its handlers are expected to finish while one claim is under way, from
+/// moving averages of the two. With handlers much longer than a claim that is none, so
+/// nothing waits claimed while another worker is free; with short ones, a slot that
+/// frees starts the next execution at once, and claims come in fewer, larger batches.
+#[derive(Debug, Default)]
+struct ClaimAhead {
+    /// Average claim time (request to answer), in seconds; 0 before the first.
+    claim: f64,
+    /// Average handler run time, in seconds; 0 before the first.
+    run: f64,
+}
+
+impl ClaimAhead {
+    /// Weight of each new sample in the averages.
+    const WEIGHT: f64 = 0.05;
+
+    fn average(avg: &mut f64, sample: Duration) {
+        let x = sample.as_secs_f64();
+        *avg = if *avg == 0.0 {
+            x
+        } else {
+            *avg + Self::WEIGHT * (x - *avg)
+        };
+    }
+
+    fn claimed(&mut self, took: Duration) {
+        Self::average(&mut self.claim, took);
+    }
+
+    fn ran(&mut self, took: Duration) {
+        // A handler that finished at once counts as a microsecond, so that the ratio
+        // below stays finite.
+        Self::average(&mut self.run, took.max(Duration::from_micros(1)));
+    }
+
+    /// Executions to hold claimed ahead with `concurrency` slots: slots × claim time /
+    /// run time, rounded down, at most `concurrency`.
+    fn target(&self, concurrency: usize) -> usize {
+        if self.claim == 0.0 || self.run == 0.0 {
+            return 0;
+        }
+        let n = (concurrency as f64 * self.claim / self.run).floor();
+        if n >= concurrency as f64 {
+            concurrency
+        } else {
+            // In range: 0 <= n < concurrency.
+            n as usize
+        }
+    }
 }
 
 /// A position in the claim index.
@@ -1935,6 +1996,25 @@ mod tests {
         std::thread::sleep(CLAIM_START_AGE + Duration::from_millis(10));
         assert_eq!(s.for_claim(), vec![None]);
         assert_eq!(s.resets, 1);
+    }
+
+    #[test]
+    fn claims_ahead_cover_the_claim_time_and_stop_for_long_handlers() {
+        let mut a = ClaimAhead::default();
+        assert_eq!(a.target(8), 0, "nothing measured yet");
+        a.claimed(Duration::from_millis(1));
+        assert_eq!(a.target(8), 0, "no handler finished yet");
+        a.ran(Duration::from_millis(4));
+        // 8 slots × 1 ms / 4 ms.
+        assert_eq!(a.target(8), 2);
+        for _ in 0..500 {
+            a.ran(Duration::from_secs(2));
+        }
+        assert_eq!(a.target(8), 0, "handlers much longer than a claim");
+        for _ in 0..500 {
+            a.ran(Duration::ZERO);
+        }
+        assert_eq!(a.target(1000), 1000, "never more than the slots");
     }
 
     #[test]

@@ -69,10 +69,11 @@ pub struct WorkArgs {
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
 
-    /// Claim up to N executions ahead of free handler slots, so that a slot that frees
-    /// starts the next task without waiting for a claim (fast tasks). They hold their
-    /// lease while they wait, so other workers cannot take them; given back unused at
-    /// shutdown.
+    /// Claim at least N executions ahead of free handler slots, so that a slot that
+    /// frees starts the next task without waiting for a claim. They hold their lease
+    /// while they wait, so other workers cannot take them; given back unused at
+    /// shutdown. With 0 (the default) the worker claims ahead only as many as its
+    /// handlers finish during one claim: none when they run much longer than a claim.
     #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100_000))]
     pub prefetch: u32,
 
