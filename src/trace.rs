@@ -29,7 +29,9 @@ use crate::traceparent::TraceParent;
 pub(crate) use otlp::parse_resource_attributes;
 pub use otlp::{Resource, otlp_json};
 #[cfg(feature = "otel")]
-pub use sdk::{span_data, to_proto_span, to_span_data};
+pub(crate) use sdk::wire;
+#[cfg(feature = "otel")]
+pub use sdk::{encode_proto_span, span_data, to_proto_span, to_span_data};
 
 /// A small multiply-rotate hasher for the maps here, keyed by ids that are random
 /// already (SipHash's protection against chosen keys buys nothing for rows pgc reads

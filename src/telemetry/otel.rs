@@ -154,8 +154,9 @@ pub struct SpanSender {
     headers: reqwest::header::HeaderMap,
     /// The endpoint without user information, for messages.
     endpoint: String,
-    resource: opentelemetry_proto::tonic::resource::v1::Resource,
-    scope: opentelemetry_proto::tonic::common::v1::InstrumentationScope,
+    /// The `Resource` and `InstrumentationScope` messages every request carries, encoded.
+    resource: Vec<u8>,
+    scope: Vec<u8>,
 }
 
 impl SpanSender {
@@ -165,6 +166,7 @@ impl SpanSender {
         use opentelemetry_proto::tonic::common::v1::{
             AnyValue, InstrumentationScope as ProtoScope, KeyValue as ProtoKeyValue, any_value,
         };
+        use prost::Message as _;
         let endpoint = otlp_endpoint_for_display();
         let client = otlp_http_client(&endpoint, "TRACES")?;
         Ok(SpanSender {
@@ -186,12 +188,14 @@ impl SpanSender {
                     })
                     .collect(),
                 ..Default::default()
-            },
+            }
+            .encode_to_vec(),
             scope: ProtoScope {
                 name: "pgc".into(),
                 version: env!("CARGO_PKG_VERSION").into(),
                 ..Default::default()
-            },
+            }
+            .encode_to_vec(),
         })
     }
 
@@ -200,26 +204,22 @@ impl SpanSender {
         &self.endpoint
     }
 
-    /// One export request; an answer other than 2xx is an error.
-    pub async fn send(
-        &self,
-        spans: Vec<opentelemetry_proto::tonic::trace::v1::Span>,
-    ) -> Result<(), String> {
-        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-        use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
-        use prost::Message as _;
-        let body = ExportTraceServiceRequest {
-            resource_spans: vec![ResourceSpans {
-                resource: Some(self.resource.clone()),
-                scope_spans: vec![ScopeSpans {
-                    scope: Some(self.scope.clone()),
-                    spans,
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-        }
-        .encode_to_vec();
+    /// One export request of `spans` (a [`SpanBatch`]); an answer other than 2xx is an
+    /// error.
+    pub async fn send(&self, spans: SpanBatch) -> Result<(), String> {
+        use crate::trace::wire::{header, header_len};
+        // ExportTraceServiceRequest { resource_spans (1): [ResourceSpans { resource (1),
+        // scope_spans (2): [ScopeSpans { scope (1), spans (2): the batch }] }] }
+        let scope_spans = header_len(1, self.scope.len()) + spans.bytes.len();
+        let resource_spans = header_len(1, self.resource.len()) + header_len(2, scope_spans);
+        let mut body = Vec::with_capacity(header_len(1, resource_spans));
+        header(1, resource_spans, &mut body);
+        header(1, self.resource.len(), &mut body);
+        body.extend_from_slice(&self.resource);
+        header(2, scope_spans, &mut body);
+        header(1, self.scope.len(), &mut body);
+        body.extend_from_slice(&self.scope);
+        body.extend_from_slice(&spans.bytes);
         let response = self
             .client
             .post(&self.url)
@@ -268,11 +268,46 @@ fn describe_http_error(e: &reqwest::Error) -> String {
 /// Export requests in flight at once.
 const CONCURRENT_EXPORTS: usize = 4;
 
-/// A span waiting for export: as OTLP protobuf when spans go to a collector, and as the
-/// SDK's span record when they go to the console.
-struct Queued {
-    proto: Option<opentelemetry_proto::tonic::trace::v1::Span>,
-    data: Option<SpanData>,
+/// Spans for one OTLP export request, encoded: each a `spans` field of a `ScopeSpans`
+/// message.
+#[derive(Debug, Default)]
+pub struct SpanBatch {
+    bytes: Vec<u8>,
+    spans: usize,
+}
+
+impl SpanBatch {
+    /// Appends one span, its `Span` message written by `encode` (`scratch` is a buffer
+    /// to reuse).
+    pub fn push(&mut self, scratch: &mut Vec<u8>, encode: impl FnOnce(&mut Vec<u8>)) {
+        scratch.clear();
+        encode(scratch);
+        crate::trace::wire::header(2, scratch.len(), &mut self.bytes);
+        self.bytes.extend_from_slice(scratch);
+        self.spans += 1;
+    }
+
+    /// Spans in it.
+    pub fn len(&self) -> usize {
+        self.spans
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.spans == 0
+    }
+}
+
+/// Spans waiting for export: encoded for OTLP in batches of at most
+/// `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` when spans go to a collector, and as the SDK's span
+/// records when they go to the console.
+#[derive(Default)]
+struct Pending {
+    batches: Vec<SpanBatch>,
+    console: Vec<SpanData>,
+    /// Spans queued.
+    count: usize,
+    scratch: Vec<u8>,
 }
 
 /// Spans recorded through the hooks, exported when [`OtelTelemetry::flush`] is called
@@ -291,7 +326,7 @@ pub struct OtelTelemetry {
     otlp: Option<SpanSender>,
     /// Spans go to stderr as JSON lines (stdout carries a command's data).
     console: bool,
-    pending: Mutex<Vec<Queued>>,
+    pending: Mutex<Pending>,
     dropped: std::sync::atomic::AtomicU64,
     /// An export to the OTLP endpoint has failed (dropped spans are not its failure).
     export_failed: std::sync::atomic::AtomicBool,
@@ -385,7 +420,7 @@ impl OtelTelemetry {
             logs,
             otlp,
             console,
-            pending: Mutex::new(Vec::new()),
+            pending: Mutex::new(Pending::default()),
             dropped: std::sync::atomic::AtomicU64::new(0),
             export_failed: std::sync::atomic::AtomicBool::new(false),
             batch_ready: tokio::sync::Notify::new(),
@@ -482,12 +517,16 @@ impl OtelTelemetry {
     /// timeout; a failure is returned as a message (the spans are dropped, never
     /// retried: telemetry must not hold the queue's work back).
     pub async fn flush(&self) -> Result<usize, String> {
-        let spans: Vec<Queued> = match self.pending.lock() {
-            Ok(mut pending) => std::mem::take(&mut *pending),
+        let (batches, console, total) = match self.pending.lock() {
+            Ok(mut pending) => (
+                std::mem::take(&mut pending.batches),
+                std::mem::take(&mut pending.console),
+                std::mem::take(&mut pending.count),
+            ),
             Err(_) => return Err("the span buffer is unavailable".to_string()),
         };
         let dropped = self.dropped.swap(0, std::sync::atomic::Ordering::Relaxed);
-        if spans.is_empty() {
+        if total == 0 {
             return if dropped == 0 {
                 Ok(0)
             } else {
@@ -496,33 +535,22 @@ impl OtelTelemetry {
                 ))
             };
         }
-        let total = spans.len();
         let mut errors = Vec::new();
-        let mut batch = Vec::with_capacity(total.min(self.limits.max_batch));
-        {
+        if !console.is_empty() {
             use std::io::Write;
-            let mut err = self.console.then(|| std::io::stderr().lock());
-            for q in spans {
-                if let (Some(err), Some(data)) = (err.as_mut(), &q.data) {
-                    let _ = writeln!(err, "{}", console_line(data));
-                }
-                batch.extend(q.proto);
+            let mut err = std::io::stderr().lock();
+            for data in &console {
+                let _ = writeln!(err, "{}", console_line(data));
             }
         }
         if let Some(sender) = &self.otlp {
             // Batches of OTEL_BSP_MAX_EXPORT_BATCH_SIZE, a few requests at once, so that
             // the queue drains as fast as the collector takes them.
             use futures_util::StreamExt as _;
-            let mut batches = Vec::new();
-            let mut rest = batch;
-            while !rest.is_empty() {
-                let tail = rest.split_off(rest.len().min(self.limits.max_batch));
-                batches.push(rest);
-                rest = tail;
-            }
-            let mut sent = futures_util::stream::iter(batches)
-                .map(|b| sender.send(b))
-                .buffer_unordered(CONCURRENT_EXPORTS);
+            let mut sent =
+                futures_util::stream::iter(batches.into_iter().filter(|b| !b.is_empty()))
+                    .map(|b| sender.send(b))
+                    .buffer_unordered(CONCURRENT_EXPORTS);
             while let Some(result) = sent.next().await {
                 if let Err(e) = result {
                     errors.push(format!(
@@ -551,18 +579,35 @@ impl OtelTelemetry {
 
 impl OtelTelemetry {
     /// Queues one finished span for export (or counts it as dropped when the queue is
-    /// full).
-    fn record(&self, span: Queued) {
+    /// full): `encode` writes its OTLP `Span` message, `data` is its record for the
+    /// console.
+    fn record(&self, encode: impl FnOnce(&mut Vec<u8>), data: Option<SpanData>) {
         let Ok(mut pending) = self.pending.lock() else {
             return;
         };
-        if pending.len() >= self.limits.max_queue {
+        if pending.count >= self.limits.max_queue {
             self.dropped
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return;
         }
-        pending.push(span);
-        if pending.len() == self.limits.max_batch {
+        if self.otlp.is_some() {
+            let Pending {
+                batches, scratch, ..
+            } = &mut *pending;
+            let batch = match batches.last_mut() {
+                Some(b) if b.len() < self.limits.max_batch => b,
+                _ => {
+                    batches.push(SpanBatch::default());
+                    // Just pushed.
+                    let Some(b) = batches.last_mut() else { return };
+                    b
+                }
+            };
+            batch.push(scratch, encode);
+        }
+        pending.console.extend(data);
+        pending.count += 1;
+        if pending.count == self.limits.max_batch {
             self.batch_ready.notify_one();
         }
     }
@@ -572,13 +617,10 @@ impl Telemetry for OtelTelemetry {
     fn span(&self, trace_id: &str, span: &Span) {
         if self.traced {
             let now = Utc::now();
-            self.record(Queued {
-                proto: self
-                    .otlp
-                    .is_some()
-                    .then(|| crate::trace::to_proto_span(trace_id, now, span)),
-                data: self.console.then(|| to_span_data(trace_id, now, span)),
-            });
+            self.record(
+                |out| crate::trace::encode_proto_span(trace_id, now, span, out),
+                self.console.then(|| to_span_data(trace_id, now, span)),
+            );
         }
     }
 
@@ -650,13 +692,18 @@ impl Telemetry for OtelTelemetry {
                 .with_version(env!("CARGO_PKG_VERSION"))
                 .build(),
         };
-        self.record(Queued {
-            proto: self
-                .otlp
-                .is_some()
-                .then(|| opentelemetry_proto::tonic::trace::v1::Span::from(data.clone())),
-            data: self.console.then_some(data),
-        });
+        let proto = self
+            .otlp
+            .is_some()
+            .then(|| opentelemetry_proto::tonic::trace::v1::Span::from(data.clone()));
+        self.record(
+            |out| {
+                if let Some(p) = proto {
+                    prost::Message::encode_raw(&p, out);
+                }
+            },
+            self.console.then_some(data),
+        );
     }
 }
 

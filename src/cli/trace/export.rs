@@ -60,19 +60,19 @@ pub(super) async fn export_otlp(trace: &Trace, resource: &Resource) -> Result<()
         warn(&w);
     }
     let endpoint = sender.endpoint();
-    let mut batch: Vec<_> = trace
-        .spans
-        .iter()
-        .map(|s| trace::to_proto_span(&trace.trace_id, trace.now, s))
-        .collect();
-    let total = batch.len();
-    while !batch.is_empty() {
-        let rest = batch.split_off(batch.len().min(EXPORT_BATCH));
+    let total = trace.spans.len();
+    let mut scratch = Vec::new();
+    for chunk in trace.spans.chunks(EXPORT_BATCH) {
+        let mut batch = otel::SpanBatch::default();
+        for s in chunk {
+            batch.push(&mut scratch, |out| {
+                trace::encode_proto_span(&trace.trace_id, trace.now, s, out);
+            });
+        }
         sender
             .send(batch)
             .await
             .map_err(|e| anyhow::anyhow!("sending the trace to {endpoint} failed: {e}"))?;
-        batch = rest;
     }
     info(&format!(
         "sent {total} spans of trace {} to {endpoint}",
