@@ -674,10 +674,8 @@ pub async fn run(
     // Claims run by claimer tasks, each on a connection of its own, so that this loop
     // never waits for one. A second claimer claims while the first is busy, when there
     // is room for both claims: PostgreSQL then works on two claims at once.
-    let (claimed_tx, mut claimed_rx) = tokio::sync::mpsc::unbounded_channel::<(
-        usize,
-        std::result::Result<Vec<tokio_postgres::Row>, ()>,
-    )>();
+    let (claimed_tx, mut claimed_rx) =
+        tokio::sync::mpsc::unbounded_channel::<(usize, ClaimAnswer)>();
     let mut claimers: Vec<Claimer> = (0..CLAIMERS)
         .map(|index| {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Vec<Option<Position>>)>();
@@ -832,8 +830,10 @@ pub async fn run(
                     // Never without a request; if it were, it moves no start.
                     .unwrap_or(Asked { at: Instant::now(), size: 0, wakes, resets: starts.resets.wrapping_sub(1), from_start: true });
                 match claimed {
-                    Ok(rows) => {
-                        ahead.claimed(asked.at.elapsed());
+                    Ok((rows, warm)) => {
+                        if warm {
+                            ahead.claimed(asked.at.elapsed());
+                        }
                         // A short batch may only mean that other workers held rows
                         // locked for a moment (SKIP LOCKED): try again while claims
                         // return anything, and wait for a wake-up once one returns none.
@@ -1289,6 +1289,11 @@ async fn count_queues(
     }
 }
 
+/// A claimer's answer: the claimed rows and whether the claim's time is a sample of
+/// claim times (`false` when it also covered connecting and preparing), or `Err` after
+/// database trouble.
+type ClaimAnswer = std::result::Result<(Vec<tokio_postgres::Row>, bool), ()>;
+
 /// Claims on request, on a connection of its own, so that the worker's loop never
 /// waits for a claim. Answers every request: the rows, or `Err` after reporting the
 /// trouble and waiting out the reconnect backoff.
@@ -1297,10 +1302,7 @@ async fn claimer(
     mut db: Db,
     q: ClaimQuery,
     mut requests: tokio::sync::mpsc::UnboundedReceiver<(usize, Vec<Option<Position>>)>,
-    answers: tokio::sync::mpsc::UnboundedSender<(
-        usize,
-        std::result::Result<Vec<tokio_postgres::Row>, ()>,
-    )>,
+    answers: tokio::sync::mpsc::UnboundedSender<(usize, ClaimAnswer)>,
     events: EventSink,
 ) {
     while let Some((n, starts)) = requests.recv().await {
@@ -1309,6 +1311,9 @@ async fn claimer(
         let run_ats: Vec<Option<chrono::DateTime<chrono::Utc>>> =
             starts.iter().map(|s| s.map(|p| p.run_at)).collect();
         let ids: Vec<Option<Uuid>> = starts.iter().map(|s| s.map(|p| p.id)).collect();
+        // The first claim on a connection also prepares its statement: its time says
+        // nothing about the claims after it.
+        let warm = db.up();
         let answer = match db.session(&events).await {
             Some(mut session) => {
                 let started = Instant::now();
@@ -1328,12 +1333,13 @@ async fn claimer(
                 .await
                 {
                     Ok(rows) => {
+                        let took = started.elapsed();
                         q.telemetry.event(&TelemetryEvent::Fetch {
                             queues: &q.queues,
                             count: rows.len(),
-                            duration: started.elapsed(),
+                            duration: took,
                         });
-                        Ok(rows)
+                        Ok((rows, warm))
                     }
                     Err(e) => {
                         db.fail(&events, e);
@@ -1367,6 +1373,8 @@ async fn settler(
     const MAX_BATCH: usize = 2000;
     let mut report = Report::default();
     let mut buf: Vec<Done> = Vec::new();
+    // Whether `buf` is a batch being sent again after an error.
+    let mut again = false;
     loop {
         if buf.is_empty() {
             match rx.recv().await {
@@ -1392,10 +1400,12 @@ async fn settler(
                 &mut buf,
                 &mut report,
                 &events,
+                again,
             ))
             .await
             {
                 Ok(next_retry) => {
+                    again = false;
                     opts.telemetry.event(&TelemetryEvent::Flush {
                         count: n,
                         duration: started.elapsed(),
@@ -1404,6 +1414,9 @@ async fn settler(
                 }
                 Err(e) => {
                     report.rewind(mark);
+                    // The batch's commit may have gone through before the error (it
+                    // is pipelined with the statement): the next try accepts that.
+                    again = true;
                     db.fail(&events, e.to_string());
                 }
             }
@@ -1551,7 +1564,8 @@ const RETRY_WAKE_MARGIN: Duration = Duration::from_millis(5);
 
 /// Settles every finished attempt in `buf`, in one transaction: at most four statements
 /// (completed, failed, released, cancelled). On error nothing is settled and the buffer
-/// is kept for the next try (the caller rewinds the report). Returns how soon the
+/// is kept for the next try (the caller rewinds the report; `again` tells that this is
+/// such a try). Returns how soon the
 /// earliest retry or release it scheduled is due.
 async fn settle_all(
     session: &mut Session<'_>,
@@ -1560,6 +1574,7 @@ async fn settle_all(
     buf: &mut Vec<Done>,
     report: &mut Report,
     events: &EventSink,
+    again: bool,
 ) -> std::result::Result<Option<Duration>, tokio_postgres::Error> {
     let mut next_retry: Option<Duration> = None;
     let mut complete = (Vec::new(), Vec::new(), Vec::new());
@@ -1627,10 +1642,13 @@ async fn settle_all(
         outcomes.push((id, outcome, message, status));
     };
     // Everything commits together, so that a batch repeated after an error (the
-    // connection lost, the query timing out) settles nothing twice and reports nothing
-    // as lost that was settled: only an error on the commit itself leaves that open.
-    // Completions alone (the common case) are one statement, sent with its begin and
-    // commit at once instead of in three round trips.
+    // connection lost, the query timing out) settles nothing twice. Completions alone
+    // (the common case) are one statement, sent with its begin and commit at once
+    // instead of in three round trips; as the commit may then have gone through before
+    // the error, a repeated batch (`again`) counts its executions completed under the
+    // same lease as settled. (Failures, releases and cancellations commit only after
+    // their statements answered: an error on that commit itself is the one case left in
+    // which the repeat reports them as lost.)
     let single = fail.0.is_empty() && release.0.is_empty() && cancelled.0.is_empty();
     if !single {
         session.client.batch_execute("begin").await?;
@@ -1638,7 +1656,8 @@ async fn settle_all(
     let mut finished_other = false;
     let mut settled: std::collections::HashSet<Uuid> = std::collections::HashSet::new();
     if !complete.0.is_empty() {
-        let params: [&(dyn ToSql + Sync); 4] = [&worker_id, &complete.0, &complete.1, &complete.2];
+        let params: [&(dyn ToSql + Sync); 5] =
+            [&worker_id, &complete.0, &complete.1, &complete.2, &again];
         let rows = if single {
             session.query_in_transaction(sql::COMPLETE, &params).await?
         } else {

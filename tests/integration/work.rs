@@ -1080,3 +1080,77 @@ async fn prefetched_executions_run_once_and_are_given_back_unused_at_shutdown() 
     );
     let _ = std::fs::remove_file(&started);
 }
+
+/// A completions batch is sent with its commit; after an error the worker sends it
+/// again, not knowing whether the commit went through. The repeat counts an execution
+/// it already completed under the same lease as settled (nothing is reported lost),
+/// changes nothing, wakes no one, and still refuses a lease that moved on.
+#[tokio::test]
+async fn a_completion_sent_again_after_its_commit_counts_as_settled_once() {
+    let db = TestDb::migrated().await;
+    let id = enqueue(&db, &["again"]);
+    let other = enqueue(&db, &["again"]);
+    let client = db.client().await;
+    let worker = Uuid::new_v4();
+    client
+        .execute(
+            "update pgconductor._private_executions
+             set status = 'running', locked_by = $1, locked_until = now() + interval '1 minute',
+                 lease_generation = 3, attempts = 1
+             where id = any($2)",
+            &[&worker, &vec![id, other]],
+        )
+        .await
+        .unwrap();
+    let complete = |ids: Vec<Uuid>, generations: Vec<i32>, again: bool| {
+        let client = &client;
+        async move {
+            let results: Vec<Option<String>> = vec![Some("{\"n\": 1}".into()); ids.len()];
+            let row = client
+                .query_one(
+                    pgc::sql::COMPLETE,
+                    &[&worker, &ids, &generations, &results, &again],
+                )
+                .await
+                .unwrap();
+            let mut settled: Vec<Uuid> = row.get::<_, Option<Vec<Uuid>>>(0).unwrap_or_default();
+            settled.sort();
+            (settled, row.get::<_, Option<String>>(1).is_some())
+        }
+    };
+    assert_eq!(complete(vec![id], vec![3], false).await, (vec![id], true));
+    let finished: chrono::DateTime<chrono::Utc> = client
+        .query_one(
+            "select finished_at from pgconductor._private_executions where id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    // A first try: the lease is gone, so it is not settled by this worker.
+    assert_eq!(complete(vec![id], vec![3], false).await, (vec![], false));
+    // A repeat: it was this batch's own commit; no second notification.
+    assert_eq!(complete(vec![id], vec![3], true).await, (vec![id], false));
+    // A repeat naming another lease generation is not this worker's completion.
+    assert_eq!(complete(vec![id], vec![2], true).await, (vec![], false));
+    // A repeat mixing a done and a still-held execution settles both, and notifies.
+    let mut both = vec![id, other];
+    both.sort();
+    assert_eq!(
+        complete(vec![id, other], vec![3, 3], true).await,
+        (both, true)
+    );
+    let row = client
+        .query_one(
+            "select status, finished_at, result::text from pgconductor._private_executions where id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "completed");
+    assert_eq!(row.get::<_, chrono::DateTime<chrono::Utc>>(1), finished);
+    assert_eq!(
+        row.get::<_, Option<String>>(2).as_deref(),
+        Some("{\"n\": 1}")
+    );
+}
