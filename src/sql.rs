@@ -203,8 +203,12 @@ set status = 'running',
 -- can turn into a hash join over the whole table.
 where e.id = any(array(select id from c))
 returning e.id, e.queue, e.task_key, e.payload::text, e.attempts, e.max_attempts,
-          e.trace_context, e.lease_generation, e.attempt_span_id, e.parent_execution_id,
-          e.priority, e.run_at";
+          case when jsonb_typeof(e.trace_context -> 'traceparent') = 'string'
+               then e.trace_context ->> 'traceparent' end,
+          e.lease_generation, e.attempt_span_id, e.parent_execution_id,
+          e.priority, e.run_at,
+          case when jsonb_typeof(e.trace_context -> 'tracestate') = 'string'
+               then e.trace_context ->> 'tracestate' end";
 
 /// Settle completed attempts: `$2` ids, `$3` generations, `$4` results (JSON text or
 /// null), `$5` whether the batch is being sent again after an error (an execution it

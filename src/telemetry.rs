@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use crate::trace::Span;
+use crate::trace::{AttemptParts, Span};
 
 /// What a log line is about: with a `traceparent`, a JSON line (and an exported log
 /// record) carries its `trace_id` and `span_id`, so logs join traces.
@@ -111,6 +111,15 @@ pub trait Telemetry: Send + Sync {
     /// A span of trace `trace_id` (32 hex digits), with its stored ids.
     fn span(&self, trace_id: &str, span: &Span) {
         let _ = (trace_id, span);
+    }
+
+    /// The span of an attempt the worker settled. By default the span
+    /// [`crate::trace::attempt_span`] builds, handed to [`Telemetry::span`]; an
+    /// implementation that encodes spans itself can skip building it (a busy worker
+    /// settles tens of thousands a second).
+    fn attempt(&self, parts: AttemptParts<'_>) {
+        let (trace_id, span) = crate::trace::attempt_span(parts);
+        self.span(&trace_id, &span);
     }
 
     /// Whether the worker should count its queues for [`TelemetryEvent::QueueDepth`]

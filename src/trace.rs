@@ -31,7 +31,7 @@ pub use otlp::{Resource, otlp_json};
 #[cfg(feature = "otel")]
 pub(crate) use sdk::wire;
 #[cfg(feature = "otel")]
-pub use sdk::{encode_proto_span, span_data, to_proto_span, to_span_data};
+pub use sdk::{encode_attempt_span, encode_proto_span, span_data, to_proto_span, to_span_data};
 
 /// A small multiply-rotate hasher for the maps here, keyed by ids that are random
 /// already (SipHash's protection against chosen keys buys nothing for rows pgc reads
@@ -1238,6 +1238,15 @@ pub struct AttemptParts<'a> {
     pub message: Option<String>,
 }
 
+/// The status of an attempt's span with this outcome.
+fn attempt_status(outcome: &str) -> SpanStatus {
+    match outcome {
+        "completed" => SpanStatus::Ok,
+        "released" => SpanStatus::Unset,
+        _ => SpanStatus::Error,
+    }
+}
+
 /// The consumer span of one attempt as the worker reports it live: the stored span id,
 /// child of the stored producer span and linked to it, as [`load`] rebuilds it later.
 /// Returns the trace id with it.
@@ -1254,11 +1263,7 @@ pub fn attempt_span(p: AttemptParts<'_>) -> (String, Span) {
         parent_execution_id: p.parent_execution_id,
         flags,
     });
-    let status = match p.outcome {
-        "completed" => SpanStatus::Ok,
-        "released" => SpanStatus::Unset,
-        _ => SpanStatus::Error,
-    };
+    let status = attempt_status(p.outcome);
     let span = Span {
         span_id: p.span_id.to_string(),
         parent_span_id: Some(producer_id.clone()),

@@ -369,16 +369,17 @@ struct AttemptMeta {
 }
 
 impl Done {
-    /// The attempt's live span, with the settled outcome; `None` when it has no trace.
-    fn span(
-        &self,
+    /// What the attempt's live span is made of, with the settled outcome; `None` when
+    /// it has no trace.
+    fn span<'a>(
+        &'a self,
         outcome: &'static str,
         message: Option<String>,
-        execution_status: &str,
-    ) -> Option<(String, crate::trace::Span)> {
+        execution_status: &'a str,
+    ) -> Option<crate::trace::AttemptParts<'a>> {
         let meta = self.meta.as_ref()?;
         let producer = meta.producer.as_ref()?;
-        Some(crate::trace::attempt_span(crate::trace::AttemptParts {
+        Some(crate::trace::AttemptParts {
             producer,
             span_id: &meta.span_id,
             execution_id: self.id,
@@ -391,7 +392,7 @@ impl Done {
             end: meta.started + chrono::TimeDelta::from_std(self.duration).unwrap_or_default(),
             outcome,
             message,
-        }))
+        })
     }
 }
 
@@ -1462,13 +1463,14 @@ fn start(
     let payload: String = row.try_get(3)?;
     let attempt: i32 = row.try_get(4)?;
     let max_attempts: i32 = row.try_get(5)?;
-    let trace_context: Option<serde_json::Value> = row.try_get(6)?;
+    // The stored carrier's fields (null unless strings).
+    let stored_traceparent: Option<&str> = row.try_get(6)?;
+    let stored_tracestate: Option<&str> = row.try_get(12)?;
     let generation: i32 = row.try_get(7)?;
     let span: String = row.try_get(8)?;
     let parent_execution_id: Option<Uuid> = row.try_get(9)?;
-    let producer = stored_producer(trace_context.as_ref());
-    let (traceparent, tracestate) =
-        attempt_context(producer.as_ref(), trace_context.as_ref(), &span);
+    let producer = stored_traceparent.and_then(|s| TraceParent::parse(s).ok());
+    let (traceparent, tracestate) = attempt_context(producer.as_ref(), stored_tracestate, &span);
     let attempt_tp: Arc<str> = Arc::from(traceparent.as_str());
     let queue_name: Arc<str> = Arc::from(queue.as_str());
     let meta = traced.then(|| {
@@ -1531,19 +1533,11 @@ fn start(
     ))
 }
 
-/// The stored producer carrier, when it is readable.
-fn stored_producer(trace_context: Option<&serde_json::Value>) -> Option<TraceParent> {
-    trace_context
-        .and_then(|v| v.get("traceparent"))
-        .and_then(|v| v.as_str())
-        .and_then(|s| TraceParent::parse(s).ok())
-}
-
 /// The handler's trace context: the execution's trace id and flags with this attempt's
 /// span id. A row whose stored carrier is malformed gets a trace of its own.
 fn attempt_context(
     stored: Option<&TraceParent>,
-    trace_context: Option<&serde_json::Value>,
+    stored_tracestate: Option<&str>,
     span: &str,
 ) -> (String, Option<String>) {
     let span_id = SpanId::from_hex(span).unwrap_or(SpanId::INVALID);
@@ -1551,9 +1545,7 @@ fn attempt_context(
         Some(p) => TraceParent::new(p.trace_id, span_id, p.flags),
         None => TraceParent::new(new_trace_id(), span_id, TraceFlags::SAMPLED),
     };
-    let tracestate = trace_context
-        .and_then(|v| v.get("tracestate"))
-        .and_then(|v| v.as_str())
+    let tracestate = stored_tracestate
         .filter(|s| !s.is_empty())
         .map(str::to_string);
     (tp.to_string(), tracestate)
@@ -1837,8 +1829,8 @@ async fn settle_all(
             error: message.as_deref(),
             retry_in: retries.get(&id).copied(),
         });
-        if traced && let Some((trace_id, span)) = d.span(outcome, message, status) {
-            opts.telemetry.span(&trace_id, &span);
+        if traced && let Some(parts) = d.span(outcome, message, status) {
+            opts.telemetry.attempt(parts);
         }
     }
     for d in buf.iter().filter(|d| !settled.contains(&d.id)) {

@@ -164,6 +164,70 @@ pub struct Metrics {
     /// The last counts the worker reported, read by the queue-depth gauge's callback.
     depth: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<(String, String), i64>>>,
     _depth_gauge: opentelemetry::metrics::ObservableGauge<i64>,
+    /// The attribute sets of executions already recorded.
+    execution_attrs: ExecutionAttrs,
+}
+
+/// The attributes of an execution's measurements, by queue, task and outcome, built
+/// once each: a busy worker records tens of thousands a second, nearly all with the
+/// same few sets.
+#[derive(Default)]
+struct ExecutionAttrs {
+    /// By a hash of (queue, task, outcome); at most [`ExecutionAttrs::MAX`] in all.
+    sets: std::sync::Mutex<std::collections::HashMap<u64, Vec<CachedAttrs>>>,
+}
+
+struct CachedAttrs {
+    queue: Box<str>,
+    task: Box<str>,
+    status: Box<str>,
+    attrs: std::sync::Arc<[KeyValue]>,
+}
+
+impl ExecutionAttrs {
+    /// Sets kept; more distinct ones (tasks named per execution) are built each time.
+    const MAX: usize = 1000;
+
+    fn get(&self, queue: &str, task: &str, status: &str) -> std::sync::Arc<[KeyValue]> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        (queue, task, status).hash(&mut h);
+        let hash = h.finish();
+        let Ok(mut sets) = self.sets.lock() else {
+            return Self::build(queue, task, status);
+        };
+        if let Some(c) = sets.get(&hash).and_then(|v| {
+            v.iter()
+                .find(|c| &*c.queue == queue && &*c.task == task && &*c.status == status)
+        }) {
+            return c.attrs.clone();
+        }
+        let attrs = Self::build(queue, task, status);
+        if sets.len() < Self::MAX {
+            sets.entry(hash).or_default().push(CachedAttrs {
+                queue: queue.into(),
+                task: task.into(),
+                status: status.into(),
+                attrs: attrs.clone(),
+            });
+        }
+        attrs
+    }
+
+    /// The set: the retry delay's attributes are its first four.
+    fn build(queue: &str, task: &str, status: &str) -> std::sync::Arc<[KeyValue]> {
+        let mut attrs = vec![
+            KeyValue::new("messaging.system", "pgconductor"),
+            KeyValue::new("messaging.destination.name", queue.to_string()),
+            KeyValue::new("messaging.operation.name", "process"),
+            KeyValue::new("pgconductor.task", task.to_string()),
+            KeyValue::new("pgconductor.status", status.to_string()),
+        ];
+        if !matches!(status, "completed" | "released") {
+            attrs.push(KeyValue::new("error.type", status.to_string()));
+        }
+        attrs.into()
+    }
 }
 
 impl Metrics {
@@ -270,6 +334,7 @@ impl Metrics {
         Some(Metrics {
             depth,
             _depth_gauge: depth_gauge,
+            execution_attrs: ExecutionAttrs::default(),
             fetch_duration: seconds("pgconductor.worker.fetch.duration", "How long a claim took"),
             fetch_count: count(
                 "pgconductor.worker.fetch.count",
@@ -350,16 +415,7 @@ impl Metrics {
                 retry_in,
                 ..
             } => {
-                let mut attrs = vec![
-                    system,
-                    KeyValue::new("messaging.destination.name", queue.to_string()),
-                    KeyValue::new("messaging.operation.name", "process"),
-                    KeyValue::new("pgconductor.task", task.to_string()),
-                    KeyValue::new("pgconductor.status", status.to_string()),
-                ];
-                if !matches!(status, "completed" | "released") {
-                    attrs.push(KeyValue::new("error.type", status.to_string()));
-                }
+                let attrs = self.execution_attrs.get(queue, task, status);
                 self.task_duration.record(duration.as_secs_f64(), &attrs);
                 self.process_duration.record(duration.as_secs_f64(), &attrs);
                 self.task_attempts.add(1, &attrs);

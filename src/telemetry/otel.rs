@@ -624,6 +624,18 @@ impl Telemetry for OtelTelemetry {
         }
     }
 
+    fn attempt(&self, parts: crate::trace::AttemptParts<'_>) {
+        if !self.traced {
+            return;
+        }
+        if self.console {
+            let (trace_id, span) = crate::trace::attempt_span(parts);
+            self.span(&trace_id, &span);
+        } else {
+            self.record(|out| crate::trace::encode_attempt_span(&parts, out), None);
+        }
+    }
+
     fn wants_spans(&self) -> bool {
         self.traced
     }

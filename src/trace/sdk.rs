@@ -202,69 +202,186 @@ pub fn to_proto_span(
 /// every attempt's span; building the message first, then encoding and dropping it,
 /// was most of what tracing cost a busy worker.
 pub fn encode_proto_span(trace_id: &str, now: DateTime<Utc>, s: &Span, out: &mut Vec<u8>) {
-    use wire::*;
-    let trace_id = TraceId::from_hex(trace_id)
-        .unwrap_or(TraceId::INVALID)
-        .to_bytes();
     let id = |hex: &str| SpanId::from_hex(hex).unwrap_or(SpanId::INVALID).to_bytes();
+    let (code, message) = match (s.status, &s.status_message) {
+        (SpanStatus::Error, m) => (2, m.as_deref().unwrap_or_default()),
+        (SpanStatus::Ok, _) => (1, ""),
+        (SpanStatus::Unset, _) => (0, ""),
+    };
+    encode_span_message(
+        SpanMessage {
+            trace_id: TraceId::from_hex(trace_id)
+                .unwrap_or(TraceId::INVALID)
+                .to_bytes(),
+            span_id: id(&s.span_id),
+            parent: s.parent_span_id.as_deref().map(id),
+            parent_is_remote: s.parent_is_remote,
+            trace_flags: s.flags,
+            name: [s.name.as_bytes(), b""],
+            kind: s.kind,
+            start: nanos(s.start),
+            end: nanos(export_end(s, now)),
+            links: s.links.iter().map(|l| id(l)),
+            code,
+            message,
+        },
+        |out| {
+            for (key, value) in export_attributes(s) {
+                attribute(key, value, out);
+            }
+        },
+        out,
+    );
+}
+
+/// Appends the OTLP protobuf `Span` message of one attempt as the worker settles it:
+/// the message [`encode_proto_span`] writes for [`super::attempt_span`]'s span, written
+/// from the attempt's parts without building that span (its strings and ids).
+pub fn encode_attempt_span(p: &super::AttemptParts<'_>, out: &mut Vec<u8>) {
+    let status = super::attempt_status(p.outcome);
+    let (code, message) = match status {
+        SpanStatus::Error => (2, p.message.as_deref().unwrap_or_default()),
+        SpanStatus::Ok => (1, ""),
+        SpanStatus::Unset => (0, ""),
+    };
+    let producer = p.producer.parent_id.to_bytes();
+    encode_span_message(
+        SpanMessage {
+            trace_id: p.producer.trace_id.to_bytes(),
+            span_id: SpanId::from_hex(p.span_id)
+                .unwrap_or(SpanId::INVALID)
+                .to_bytes(),
+            parent: Some(producer),
+            parent_is_remote: true,
+            trace_flags: p.producer.flags.to_u8(),
+            name: [b"task:", p.task.as_bytes()],
+            kind: SpanKind::Consumer,
+            start: nanos(p.start),
+            end: nanos(p.end.max(p.start)),
+            links: std::iter::once(producer),
+            code,
+            message,
+        },
+        |out| {
+            // `Span::attributes` of a consumer span, in its order.
+            let id = p.execution_id;
+            attribute("messaging.system", AttrValue::Str("pgconductor"), out);
+            attribute("messaging.operation.type", AttrValue::Str("process"), out);
+            attribute("messaging.destination.name", AttrValue::Str(p.queue), out);
+            attribute("messaging.message.id", AttrValue::Uuid(id), out);
+            attribute("pgconductor.task", AttrValue::Str(p.task), out);
+            attribute("pgconductor.queue", AttrValue::Str(p.queue), out);
+            attribute("pgconductor.execution_id", AttrValue::Uuid(id), out);
+            if let Some(parent) = p.parent_execution_id {
+                attribute(
+                    "pgconductor.parent_execution_id",
+                    AttrValue::Uuid(parent),
+                    out,
+                );
+            }
+            attribute("pgconductor.attempt", AttrValue::Int(p.attempt.into()), out);
+            attribute(
+                "pgconductor.attempt.outcome",
+                AttrValue::Str(p.outcome),
+                out,
+            );
+            if status == SpanStatus::Error {
+                attribute("error.type", AttrValue::Str(p.outcome), out);
+            }
+        },
+        out,
+    );
+}
+
+/// What an OTLP `Span` message holds besides its attributes, as bytes and numbers.
+struct SpanMessage<'a, L> {
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    /// An all-zero parent is written as none.
+    parent: Option<[u8; 8]>,
+    parent_is_remote: bool,
+    trace_flags: u8,
+    /// The name, in two pieces written one after the other.
+    name: [&'a [u8]; 2],
+    kind: SpanKind,
+    start: u64,
+    end: u64,
+    /// The span ids of the links (all in the same trace, none remote).
+    links: L,
+    /// The status code (0 unset, 1 ok, 2 error) and message.
+    code: i64,
+    message: &'a str,
+}
+
+/// One attribute as a `KeyValue` field of a `Span` (9).
+fn attribute(key: &str, value: AttrValue<'_>, out: &mut Vec<u8>) {
+    use wire::{Any, key_value};
+    let mut uuid = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let value = match value {
+        AttrValue::Str(v) => Any::Str(v.as_bytes()),
+        AttrValue::Uuid(u) => Any::Str(u.hyphenated().encode_lower(&mut uuid).as_bytes()),
+        AttrValue::Int(i) => Any::Int(i),
+        AttrValue::Bool(b) => Any::Bool(b),
+    };
+    key_value(9, key.as_bytes(), value, out);
+}
+
+/// Writes a `Span` message's fields in prost's order; `attributes` writes field 9.
+fn encode_span_message<L: Iterator<Item = [u8; 8]>>(
+    m: SpanMessage<'_, L>,
+    attributes: impl FnOnce(&mut Vec<u8>),
+    out: &mut Vec<u8>,
+) {
+    use wire::*;
+    // The trace flags, with "whether the parent is remote" known (OTLP's span flags).
     let flags = |remote: bool| {
-        let mut f = u32::from(s.flags) | 0x100;
+        let mut f = u32::from(m.trace_flags) | 0x100;
         if remote {
             f |= 0x200;
         }
         f
     };
-    bytes(1, &trace_id, out);
-    bytes(2, &id(&s.span_id), out);
-    if let Some(parent) = s.parent_span_id.as_deref().map(id)
+    bytes(1, &m.trace_id, out);
+    bytes(2, &m.span_id, out);
+    if let Some(parent) = m.parent
         && parent.iter().any(|b| *b != 0)
     {
         bytes(4, &parent, out);
     }
-    bytes(5, s.name.as_bytes(), out);
+    let name_len = m.name[0].len() + m.name[1].len();
+    if name_len > 0 {
+        header(5, name_len, out);
+        out.extend_from_slice(m.name[0]);
+        out.extend_from_slice(m.name[1]);
+    }
     varint(
         6,
-        match s.kind {
+        match m.kind {
             SpanKind::Internal => 1,
             SpanKind::Producer => 4,
             SpanKind::Consumer => 5,
         },
         out,
     );
-    fixed64(7, nanos(s.start), out);
-    fixed64(8, nanos(export_end(s, now)), out);
-    for (key, value) in export_attributes(s) {
-        let mut uuid = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        let value = match value {
-            AttrValue::Str(v) => Any::Str(v.as_bytes()),
-            AttrValue::Uuid(u) => Any::Str(u.hyphenated().encode_lower(&mut uuid).as_bytes()),
-            AttrValue::Int(i) => Any::Int(i),
-            AttrValue::Bool(b) => Any::Bool(b),
-        };
-        key_value(9, key.as_bytes(), value, out);
-    }
-    for link in &s.links {
-        let link_id = id(link);
+    fixed64(7, m.start, out);
+    fixed64(8, m.end, out);
+    attributes(out);
+    for link_id in m.links {
         let link_flags = flags(false);
         // Link: trace_id (1), span_id (2), flags (6).
-        let len = bytes_len(1, &trace_id) + bytes_len(2, &link_id) + fixed32_len(6, link_flags);
+        let len = bytes_len(1, &m.trace_id) + bytes_len(2, &link_id) + fixed32_len(6, link_flags);
         header(13, len, out);
-        bytes(1, &trace_id, out);
+        bytes(1, &m.trace_id, out);
         bytes(2, &link_id, out);
         fixed32(6, link_flags, out);
     }
     // Status: message (2), code (3); always present.
-    let (code, message) = match (s.status, &s.status_message) {
-        (SpanStatus::Error, m) => (2, m.as_deref().unwrap_or_default()),
-        (SpanStatus::Ok, _) => (1, ""),
-        (SpanStatus::Unset, _) => (0, ""),
-    };
-    let len = bytes_len(2, message.as_bytes()) + varint_len(3, code);
+    let len = bytes_len(2, m.message.as_bytes()) + varint_len(3, m.code);
     header(15, len, out);
-    bytes(2, message.as_bytes(), out);
-    varint(3, code, out);
+    bytes(2, m.message.as_bytes(), out);
+    varint(3, m.code, out);
     // Last, where prost puts it (field 16).
-    fixed32(16, flags(s.parent_is_remote), out);
+    fixed32(16, flags(m.parent_is_remote), out);
 }
 
 /// Protobuf field writers with proto3's defaults left out, as prost writes them.
@@ -427,6 +544,59 @@ mod tests {
             built.encode_to_vec()[..],
             "the same bytes as prost"
         );
+    }
+
+    #[test]
+    fn an_attempt_is_encoded_as_its_built_span_would_be() {
+        let t = |s: i64| DateTime::from_timestamp(1_764_000_000 + s, 5_000).unwrap_or_default();
+        let producer = crate::traceparent::TraceParent::parse(
+            "00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01",
+        )
+        .expect("a valid traceparent");
+        let unsampled = crate::traceparent::TraceParent::parse(
+            "00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-00",
+        )
+        .expect("a valid traceparent");
+        let outcomes = [
+            "completed",
+            "failed",
+            "timed_out",
+            "released",
+            "cancelled",
+            "lost",
+        ];
+        for (i, outcome) in outcomes.into_iter().enumerate() {
+            for variant in 0..4 {
+                let parts = || super::super::AttemptParts {
+                    producer: if variant == 3 { &unsampled } else { &producer },
+                    span_id: "b7ad6b7169203331",
+                    execution_id: uuid::Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0001),
+                    task: if variant == 2 { "" } else { "report" },
+                    queue: "q1",
+                    parent_execution_id: (variant == 1).then(|| uuid::Uuid::from_u128(7)),
+                    execution_status: "pending",
+                    attempt: i32::try_from(i).unwrap_or(0) + 1,
+                    start: t(0),
+                    // An end before the start (clocks) ends at the start.
+                    end: if variant == 2 { t(-1) } else { t(2) },
+                    outcome,
+                    message: (variant != 1).then(|| format!("exit status {i}: broken")),
+                };
+                let (trace_id, span) = super::super::attempt_span(parts());
+                let now = t(100);
+                let mut built = Vec::new();
+                encode_proto_span(&trace_id, now, &span, &mut built);
+                let mut direct = vec![0xAA];
+                encode_attempt_span(&parts(), &mut direct);
+                assert_eq!(direct[0], 0xAA, "appends");
+                assert_eq!(
+                    direct[1..],
+                    built[..],
+                    "outcome {outcome}, variant {variant}"
+                );
+                agree(&span);
+            }
+        }
     }
 
     #[test]

@@ -157,6 +157,71 @@ async fn a_handler_gets_payload_and_context_and_its_json_stdout_is_the_result() 
     );
 }
 
+/// TRACESTATE goes with the trace: the caller's stored `tracestate` reaches the handler.
+/// A stored carrier that is not usable (not strings, not a valid `traceparent`) gives
+/// the attempt a trace of its own and no TRACESTATE, and the task still runs.
+#[tokio::test]
+async fn a_handler_gets_the_stored_tracestate_and_a_broken_carrier_gets_a_new_trace() {
+    let db = TestDb::migrated().await;
+    let traced = {
+        let out = run(
+            db.pgc()
+                .env("TRACEPARENT", CALLER)
+                .env("TRACESTATE", "vendor=abc,other=1"),
+            &["enqueue", "ts"],
+        );
+        Uuid::parse_str(out.ok().stdout.trim()).unwrap()
+    };
+    let client = db.client().await;
+    let mut broken = Vec::new();
+    for carrier in [
+        r#"{"traceparent": 5, "tracestate": 7}"#,
+        r#"{"traceparent": "nonsense", "tracestate": ""}"#,
+        r#"["00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"]"#,
+    ] {
+        let id = Uuid::new_v4();
+        crate::support::write_by_hand(
+            &client,
+            &format!(
+                "insert into pgconductor._private_executions (id, queue, task_key, trace_context)
+                 values ('{id}', 'default', 'ts', '{carrier}')"
+            ),
+        )
+        .await
+        .unwrap();
+        broken.push(id);
+    }
+    let script = r#"printf '{"tp": "%s", "ts": "%s", "has_ts": "%s"}' "$TRACEPARENT" "$TRACESTATE" "${TRACESTATE+yes}""#;
+    work(&db, &["--", "sh", "-c", script]).ok();
+    let r = row(&db, traced).await;
+    assert_eq!(r.status, "completed");
+    let result = r.result.unwrap();
+    assert_eq!(result["ts"], "vendor=abc,other=1");
+    let span = r.attempt_span_id.unwrap();
+    assert_eq!(
+        result["tp"],
+        format!("00-0af7651916cd43dd8448eb211c80319c-{span}-01")
+    );
+    for id in broken {
+        let r = row(&db, id).await;
+        assert_eq!(r.status, "completed", "{:?}", r.trace_context);
+        let result = r.result.unwrap();
+        assert_eq!(
+            result["has_ts"], "",
+            "no TRACESTATE for {:?}",
+            r.trace_context
+        );
+        let tp = result["tp"].as_str().unwrap();
+        let parsed = pgc::traceparent::TraceParent::parse(tp).unwrap();
+        assert_ne!(
+            &tp[3..35],
+            "0af7651916cd43dd8448eb211c80319c",
+            "a trace of its own"
+        );
+        assert_eq!(parsed.parent_id.to_string(), r.attempt_span_id.unwrap());
+    }
+}
+
 #[tokio::test]
 async fn a_failure_is_retried_then_succeeds_and_the_failed_attempt_is_kept() {
     let db = TestDb::migrated().await;
