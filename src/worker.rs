@@ -739,8 +739,16 @@ pub async fn run(
             .map(|r| r.size)
             .sum();
         let mut room = (free + prefetch).saturating_sub(local.len() + claiming);
+        let mut under_way = claiming > 0;
         for c in claimers.iter_mut().filter(|c| c.running.is_none()) {
             if stopping || !want_claim || room == 0 {
+                break;
+            }
+            // A claim beside one under way only for a batch worth its statement: a few
+            // rows wait for the claim under way to return and go with the next one
+            // (with short command handlers, a claim per row or two costs PostgreSQL
+            // more than the handlers cost the machine).
+            if under_way && room < MIN_SIDE_CLAIM {
                 break;
             }
             // The claim runs in the claimer task: this loop goes on starting and
@@ -757,6 +765,7 @@ pub async fn run(
                     from_start,
                 });
                 room -= n;
+                under_way = true;
             }
         }
         let claiming = claimers.iter().any(|c| c.running.is_some());
@@ -1052,6 +1061,9 @@ pub async fn run(
 
 /// Claimer tasks per worker (see [`claimer`]).
 const CLAIMERS: usize = 2;
+
+/// The fewest rows a claim asks for while another claim is under way.
+const MIN_SIDE_CLAIM: usize = 16;
 
 /// One claimer task, as the worker's loop sees it.
 struct Claimer {
