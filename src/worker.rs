@@ -1580,6 +1580,11 @@ async fn settle_all(
     events: &EventSink,
     again: bool,
 ) -> std::result::Result<Option<Duration>, tokio_postgres::Error> {
+    // What happened to each execution is told once the batch has committed: a batch
+    // that fails and is sent again tells it once, after the try that settled it.
+    let sink = events;
+    let mut held: Vec<Event> = Vec::new();
+    let mut events = |e: Event| held.push(e);
     let mut next_retry: Option<Duration> = None;
     let mut complete = (Vec::new(), Vec::new(), Vec::new());
     let mut cancelled = (Vec::new(), Vec::new());
@@ -1854,6 +1859,9 @@ async fn settle_all(
         });
     }
     buf.clear();
+    for e in held {
+        sink(e);
+    }
     Ok(next_retry)
 }
 
