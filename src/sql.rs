@@ -211,10 +211,8 @@ returning e.id, e.queue, e.task_key, e.payload::text, e.attempts, e.max_attempts
                then e.trace_context ->> 'tracestate' end";
 
 /// Settle completed attempts: `$2` ids, `$3` generations, `$4` results (JSON text or
-/// null), `$5` whether the batch is being sent again after an error (an execution it
-/// already completed with the same lease generation then counts as settled), and wake
-/// `--wait`ers when any was settled. One row: the array of the ids it settled (null when
-/// none; the others had lost their lease).
+/// null), and wake `--wait`ers when any was settled. One row: the array of the ids it
+/// settled (null when none; the others had lost their lease).
 pub const COMPLETE: &str = "
 with upd as (
     update pgconductor._private_executions e
@@ -223,18 +221,20 @@ with upd as (
     from unnest($2::uuid[], $3::int[], $4::text[]) as v(id, generation, result)
     where e.id = v.id and e.locked_by = $1 and e.lease_generation = v.generation
     returning e.id
-), earlier as (
-    -- A batch sent again after an error: its first run may have committed after all.
-    select e.id
-    from pgconductor._private_executions e
-    join unnest($2::uuid[], $3::int[]) as v(id, generation) on e.id = v.id
-    where $5 and e.status = 'completed' and e.lease_generation = v.generation
 )
-select s.ids, case when s.fresh then pg_notify('pgconductor_finished', '') end::text
-from (
-    select array_agg(id) as ids, bool_or(fresh) as fresh
-    from (select id, true as fresh from upd union all select id, false from earlier) u
-) s";
+select s.ids, case when s.ids is not null then pg_notify('pgconductor_finished', '') end::text
+from (select array_agg(id) as ids from upd) s";
+
+/// Of the executions `$1` with lease generations `$2`, those completed under that
+/// generation: a completions batch sent again after an error asks this of the ones it
+/// did not settle, since the first try's commit may have gone through (only the claim
+/// that took a generation can complete under it). A statement of its own, so that its
+/// snapshot sees a first try that committed while the repeat waited for its rows.
+pub const COMPLETED_UNDER: &str = "
+select e.id
+from pgconductor._private_executions e
+join unnest($1::uuid[], $2::int[]) as v(id, generation) on e.id = v.id
+where e.status = 'completed' and e.lease_generation = v.generation";
 
 /// Settle failed attempts: `$2` ids, `$3` generations, `$4` errors, `$5` outcomes
 /// (`failed` or `timed_out`), `$6` retry delays in seconds. With attempts left the

@@ -508,6 +508,7 @@ fn statement_label(sql: &'static str) -> &'static str {
         (sql::FAIL, "fail"),
         (sql::RELEASE, "release"),
         (sql::SETTLE_CANCELLED, "settle_cancelled"),
+        (sql::COMPLETED_UNDER, "completed_under"),
     ]
     .into_iter()
     .find(|(s, _)| *s == sql)
@@ -703,6 +704,8 @@ pub async fn run(
         .collect();
     drop(claimed_tx);
     let mut stopping = false;
+    // When a small claim held back beside one under way may go after all.
+    let mut side_claim_at: Option<Instant>;
     let mut stopped_handlers = false;
     let mut deadline: Option<tokio::time::Instant> = None;
     // After a second signal, the most time left to stop handlers and settle.
@@ -739,7 +742,13 @@ pub async fn run(
             .map(|r| r.size)
             .sum();
         let mut room = (free + prefetch).saturating_sub(local.len() + claiming);
-        let mut under_way = claiming > 0;
+        // The oldest claim under way, if any.
+        let mut under_way: Option<Instant> = claimers
+            .iter()
+            .filter_map(|c| c.running.as_ref())
+            .map(|r| r.at)
+            .min();
+        side_claim_at = None;
         for c in claimers.iter_mut().filter(|c| c.running.is_none()) {
             if stopping || !want_claim || room == 0 {
                 break;
@@ -747,8 +756,13 @@ pub async fn run(
             // A claim beside one under way only for a batch worth its statement: a few
             // rows wait for the claim under way to return and go with the next one
             // (with short command handlers, a claim per row or two costs PostgreSQL
-            // more than the handlers cost the machine).
-            if under_way && room < MIN_SIDE_CLAIM {
+            // more than the handlers cost the machine). Unless that claim is slow (a
+            // lock, a connection gone quiet): then free slots do not wait for it.
+            if let Some(at) = under_way
+                && room.min(opts.claim_batch) < MIN_SIDE_CLAIM.min(opts.claim_batch)
+                && at.elapsed() < SIDE_CLAIM_AFTER
+            {
+                side_claim_at = Some(at + SIDE_CLAIM_AFTER);
                 break;
             }
             // The claim runs in the claimer task: this loop goes on starting and
@@ -765,7 +779,7 @@ pub async fn run(
                     from_start,
                 });
                 room -= n;
-                under_way = true;
+                under_way = under_way.or(Some(Instant::now()));
             }
         }
         let claiming = claimers.iter().any(|c| c.running.is_some());
@@ -822,6 +836,8 @@ pub async fn run(
                 deadline = Some(tokio::time::Instant::now() + opts.shutdown_timeout);
                 events(Event::Stopping { running: inflight.len() });
             }
+            () = async { if let Some(d) = side_claim_at { tokio::time::sleep_until(d.into()).await } },
+                if side_claim_at.is_some() => {}
             () = async { if let Some(d) = deadline { tokio::time::sleep_until(d).await } },
                 if deadline.is_some() && !stopped_handlers => {
                 stopped_handlers = true;
@@ -1062,8 +1078,12 @@ pub async fn run(
 /// Claimer tasks per worker (see [`claimer`]).
 const CLAIMERS: usize = 2;
 
-/// The fewest rows a claim asks for while another claim is under way.
+/// The fewest rows a claim asks for while another claim is under way, unless that one
+/// has taken [`SIDE_CLAIM_AFTER`] already.
 const MIN_SIDE_CLAIM: usize = 16;
+
+/// How long a claim under way holds back a small claim beside it.
+const SIDE_CLAIM_AFTER: Duration = Duration::from_millis(50);
 
 /// One claimer task, as the worker's loop sees it.
 struct Claimer {
@@ -1654,10 +1674,10 @@ async fn settle_all(
     // connection lost, the query timing out) settles nothing twice. Completions alone
     // (the common case) are one statement, sent with its begin and commit at once
     // instead of in three round trips; as the commit may then have gone through before
-    // the error, a repeated batch (`again`) counts its executions completed under the
-    // same lease as settled. (Failures, releases and cancellations commit only after
-    // their statements answered: an error on that commit itself is the one case left in
-    // which the repeat reports them as lost.)
+    // the error, a repeated batch (`again`) asks which of its executions are completed
+    // under the lease it holds, and counts those as settled. (Failures, releases and
+    // cancellations commit only after their statements answered: an error on that
+    // commit itself is the one case left in which the repeat reports them as lost.)
     let single = fail.0.is_empty() && release.0.is_empty() && cancelled.0.is_empty();
     if !single {
         session.client.batch_execute("begin").await?;
@@ -1665,17 +1685,34 @@ async fn settle_all(
     let mut finished_other = false;
     let mut settled: std::collections::HashSet<Uuid> = std::collections::HashSet::new();
     if !complete.0.is_empty() {
-        let params: [&(dyn ToSql + Sync); 5] =
-            [&worker_id, &complete.0, &complete.1, &complete.2, &again];
+        let params: [&(dyn ToSql + Sync); 4] = [&worker_id, &complete.0, &complete.1, &complete.2];
         let rows = if single {
             session.query_in_transaction(sql::COMPLETE, &params).await?
         } else {
             session.query(sql::COMPLETE, &params).await?
         };
-        let ids: Vec<Uuid> = match rows.first() {
+        let mut ids: Vec<Uuid> = match rows.first() {
             Some(r) => r.try_get::<_, Option<Vec<Uuid>>>(0)?.unwrap_or_default(),
             None => Vec::new(),
         };
+        if again && ids.len() < complete.0.len() {
+            // The batch's first try may have committed before its error: those count as
+            // settled by this worker (they notified waiters then).
+            let fresh: std::collections::HashSet<Uuid> = ids.iter().copied().collect();
+            let (rest, generations): (Vec<Uuid>, Vec<i32>) = complete
+                .0
+                .iter()
+                .zip(&complete.1)
+                .filter(|(id, _)| !fresh.contains(id))
+                .map(|(id, g)| (*id, *g))
+                .unzip();
+            for r in session
+                .query(sql::COMPLETED_UNDER, &[&rest, &generations])
+                .await?
+            {
+                ids.push(r.try_get(0)?);
+            }
+        }
         for id in ids {
             settled.insert(id);
             report.completed += 1;

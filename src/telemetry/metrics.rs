@@ -173,8 +173,9 @@ pub struct Metrics {
 /// same few sets.
 #[derive(Default)]
 struct ExecutionAttrs {
-    /// By a hash of (queue, task, outcome); at most [`ExecutionAttrs::MAX`] in all.
-    sets: std::sync::Mutex<std::collections::HashMap<u64, Vec<CachedAttrs>>>,
+    /// By a hash of (queue, task, outcome), and how many in all (at most
+    /// [`ExecutionAttrs::MAX`]).
+    sets: std::sync::Mutex<(std::collections::HashMap<u64, Vec<CachedAttrs>>, usize)>,
 }
 
 struct CachedAttrs {
@@ -193,9 +194,10 @@ impl ExecutionAttrs {
         let mut h = std::hash::DefaultHasher::new();
         (queue, task, status).hash(&mut h);
         let hash = h.finish();
-        let Ok(mut sets) = self.sets.lock() else {
+        let Ok(mut guard) = self.sets.lock() else {
             return Self::build(queue, task, status);
         };
+        let (sets, count) = &mut *guard;
         if let Some(c) = sets.get(&hash).and_then(|v| {
             v.iter()
                 .find(|c| &*c.queue == queue && &*c.task == task && &*c.status == status)
@@ -203,7 +205,8 @@ impl ExecutionAttrs {
             return c.attrs.clone();
         }
         let attrs = Self::build(queue, task, status);
-        if sets.len() < Self::MAX {
+        if *count < Self::MAX {
+            *count += 1;
             sets.entry(hash).or_default().push(CachedAttrs {
                 queue: queue.into(),
                 task: task.into(),
@@ -476,5 +479,52 @@ impl Metrics {
                 humantime::format_duration(limit)
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn execution_attribute_sets_are_built_once_per_queue_task_and_outcome() {
+        let cache = ExecutionAttrs::default();
+        let a = cache.get("q1", "report", "completed");
+        assert!(std::sync::Arc::ptr_eq(
+            &a,
+            &cache.get("q1", "report", "completed")
+        ));
+        let keys = |attrs: &[KeyValue]| -> Vec<(String, String)> {
+            attrs
+                .iter()
+                .map(|kv| (kv.key.to_string(), kv.value.as_str().into_owned()))
+                .collect()
+        };
+        assert_eq!(
+            keys(&a),
+            [
+                ("messaging.system", "pgconductor"),
+                ("messaging.destination.name", "q1"),
+                ("messaging.operation.name", "process"),
+                ("pgconductor.task", "report"),
+                ("pgconductor.status", "completed"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+        );
+        // Any part different is another set; failures carry error.type.
+        let failed = cache.get("q1", "report", "failed");
+        assert_eq!(
+            keys(&failed).last(),
+            Some(&("error.type".to_string(), "failed".to_string()))
+        );
+        assert_eq!(keys(&cache.get("q2", "report", "completed"))[1].1, "q2");
+        assert_eq!(keys(&cache.get("q1", "other", "completed"))[3].1, "other");
+        // Past the limit, sets are still right, just not kept.
+        for i in 0..ExecutionAttrs::MAX + 10 {
+            let task = format!("t{i}");
+            assert_eq!(keys(&cache.get("q", &task, "completed"))[3].1, task);
+        }
+        let kept = cache.sets.lock().map(|g| g.1).unwrap_or(0);
+        assert_eq!(kept, ExecutionAttrs::MAX);
     }
 }

@@ -1147,11 +1147,12 @@ async fn prefetched_executions_run_once_and_are_given_back_unused_at_shutdown() 
 }
 
 /// A completions batch is sent with its commit; after an error the worker sends it
-/// again, not knowing whether the commit went through. The repeat counts an execution
-/// it already completed under the same lease as settled (nothing is reported lost),
-/// changes nothing, wakes no one, and still refuses a lease that moved on.
+/// again, not knowing whether the commit went through. The repeat finds no lease on an
+/// execution the first try completed; asked which of those are completed under the
+/// generation it held, the database names exactly them, and the row is left as the
+/// first try wrote it.
 #[tokio::test]
-async fn a_completion_sent_again_after_its_commit_counts_as_settled_once() {
+async fn a_completion_sent_again_after_its_commit_is_found_completed_under_its_lease() {
     let db = TestDb::migrated().await;
     let id = enqueue(&db, &["again"]);
     let other = enqueue(&db, &["again"]);
@@ -1167,23 +1168,34 @@ async fn a_completion_sent_again_after_its_commit_counts_as_settled_once() {
         )
         .await
         .unwrap();
-    let complete = |ids: Vec<Uuid>, generations: Vec<i32>, again: bool| {
+    let complete = |ids: Vec<Uuid>| {
         let client = &client;
         async move {
+            let generations = vec![3; ids.len()];
             let results: Vec<Option<String>> = vec![Some("{\"n\": 1}".into()); ids.len()];
             let row = client
-                .query_one(
-                    pgc::sql::COMPLETE,
-                    &[&worker, &ids, &generations, &results, &again],
-                )
+                .query_one(pgc::sql::COMPLETE, &[&worker, &ids, &generations, &results])
                 .await
                 .unwrap();
-            let mut settled: Vec<Uuid> = row.get::<_, Option<Vec<Uuid>>>(0).unwrap_or_default();
-            settled.sort();
+            let settled: Vec<Uuid> = row.get::<_, Option<Vec<Uuid>>>(0).unwrap_or_default();
             (settled, row.get::<_, Option<String>>(1).is_some())
         }
     };
-    assert_eq!(complete(vec![id], vec![3], false).await, (vec![id], true));
+    let completed_under = |ids: Vec<Uuid>, generations: Vec<i32>| {
+        let client = &client;
+        async move {
+            let mut found: Vec<Uuid> = client
+                .query(pgc::sql::COMPLETED_UNDER, &[&ids, &generations])
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            found.sort();
+            found
+        }
+    };
+    assert_eq!(complete(vec![id]).await, (vec![id], true));
     let finished: chrono::DateTime<chrono::Utc> = client
         .query_one(
             "select finished_at from pgconductor._private_executions where id = $1",
@@ -1192,19 +1204,11 @@ async fn a_completion_sent_again_after_its_commit_counts_as_settled_once() {
         .await
         .unwrap()
         .get(0);
-    // A first try: the lease is gone, so it is not settled by this worker.
-    assert_eq!(complete(vec![id], vec![3], false).await, (vec![], false));
-    // A repeat: it was this batch's own commit; no second notification.
-    assert_eq!(complete(vec![id], vec![3], true).await, (vec![id], false));
-    // A repeat naming another lease generation is not this worker's completion.
-    assert_eq!(complete(vec![id], vec![2], true).await, (vec![], false));
-    // A repeat mixing a done and a still-held execution settles both, and notifies.
-    let mut both = vec![id, other];
-    both.sort();
-    assert_eq!(
-        complete(vec![id, other], vec![3, 3], true).await,
-        (both, true)
-    );
+    // The repeat: the lease is gone, nothing settles, no one is woken.
+    assert_eq!(complete(vec![id]).await, (vec![], false));
+    // Completed under generation 3, not 2; the other one is still running.
+    assert_eq!(completed_under(vec![id, other], vec![3, 3]).await, vec![id]);
+    assert_eq!(completed_under(vec![id], vec![2]).await, Vec::<Uuid>::new());
     let row = client
         .query_one(
             "select status, finished_at, result::text from pgconductor._private_executions where id = $1",
