@@ -75,7 +75,7 @@ def pgc_round(n, variant):
         gens = b"{" + b",".join(r.get_value(i, 7) for i in range(k)) + b"}"
         results = b"{" + b",".join([b"NULL"] * k) + b"}"
         t2 = time.perf_counter()
-        check(pg.exec_prepared(b"complete", [worker, ids, gens, results, b"f"]))
+        check(pg.exec_prepared(b"complete", [worker, ids, gens, results]))
         t3 = time.perf_counter()
         claim += t1 - t0
         complete += t3 - t2
