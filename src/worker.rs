@@ -1366,11 +1366,10 @@ async fn claimer(
                 .await
                 {
                     Ok(rows) => {
-                        let took = started.elapsed();
                         q.telemetry.event(&TelemetryEvent::Fetch {
                             queues: &q.queues,
                             count: rows.len(),
-                            duration: took,
+                            duration: started.elapsed(),
                         });
                         Ok((rows, warm))
                     }
@@ -1589,8 +1588,7 @@ const RETRY_WAKE_MARGIN: Duration = Duration::from_millis(5);
 /// Settles every finished attempt in `buf`, in one transaction: at most four statements
 /// (completed, failed, released, cancelled). On error nothing is settled and the buffer
 /// is kept for the next try (the caller rewinds the report; `again` tells that this is
-/// such a try). Returns how soon the
-/// earliest retry or release it scheduled is due.
+/// such a try). Returns how soon the earliest retry or release it scheduled is due.
 async fn settle_all(
     session: &mut Session<'_>,
     worker_id: Uuid,

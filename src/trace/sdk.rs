@@ -203,11 +203,7 @@ pub fn to_proto_span(
 /// was most of what tracing cost a busy worker.
 pub fn encode_proto_span(trace_id: &str, now: DateTime<Utc>, s: &Span, out: &mut Vec<u8>) {
     let id = |hex: &str| SpanId::from_hex(hex).unwrap_or(SpanId::INVALID).to_bytes();
-    let (code, message) = match (s.status, &s.status_message) {
-        (SpanStatus::Error, m) => (2, m.as_deref().unwrap_or_default()),
-        (SpanStatus::Ok, _) => (1, ""),
-        (SpanStatus::Unset, _) => (0, ""),
-    };
+    let (code, message) = status_code(s.status, s.status_message.as_deref());
     encode_span_message(
         SpanMessage {
             trace_id: TraceId::from_hex(trace_id)
@@ -239,11 +235,7 @@ pub fn encode_proto_span(trace_id: &str, now: DateTime<Utc>, s: &Span, out: &mut
 /// from the attempt's parts without building that span (its strings and ids).
 pub fn encode_attempt_span(p: &super::AttemptParts<'_>, out: &mut Vec<u8>) {
     let status = super::attempt_status(p.outcome);
-    let (code, message) = match status {
-        SpanStatus::Error => (2, p.message.as_deref().unwrap_or_default()),
-        SpanStatus::Ok => (1, ""),
-        SpanStatus::Unset => (0, ""),
-    };
+    let (code, message) = status_code(status, p.message.as_deref());
     let producer = p.producer.parent_id.to_bytes();
     encode_span_message(
         SpanMessage {
@@ -263,30 +255,21 @@ pub fn encode_attempt_span(p: &super::AttemptParts<'_>, out: &mut Vec<u8>) {
             message,
         },
         |out| {
-            // `Span::attributes` of a consumer span, in its order.
-            let id = p.execution_id;
-            attribute("messaging.system", AttrValue::Str("pgconductor"), out);
-            attribute("messaging.operation.type", AttrValue::Str("process"), out);
-            attribute("messaging.destination.name", AttrValue::Str(p.queue), out);
-            attribute("messaging.message.id", AttrValue::Uuid(id), out);
-            attribute("pgconductor.task", AttrValue::Str(p.task), out);
-            attribute("pgconductor.queue", AttrValue::Str(p.queue), out);
-            attribute("pgconductor.execution_id", AttrValue::Uuid(id), out);
-            if let Some(parent) = p.parent_execution_id {
-                attribute(
-                    "pgconductor.parent_execution_id",
-                    AttrValue::Uuid(parent),
-                    out,
-                );
-            }
-            attribute("pgconductor.attempt", AttrValue::Int(p.attempt.into()), out);
-            attribute(
-                "pgconductor.attempt.outcome",
-                AttrValue::Str(p.outcome),
-                out,
-            );
-            if status == SpanStatus::Error {
-                attribute("error.type", AttrValue::Str(p.outcome), out);
+            for (key, value) in super::attributes_of(super::AttrParts {
+                kind: SpanKind::Consumer,
+                name: "",
+                queue: p.queue,
+                task: p.task,
+                execution_id: p.execution_id,
+                parent_execution_id: p.parent_execution_id,
+                priority: 0,
+                max_attempts: 0,
+                attempt: Some(p.attempt),
+                exit_code: None,
+                outcome: p.outcome,
+                status,
+            }) {
+                attribute(key, value, out);
             }
         },
         out,
@@ -311,6 +294,16 @@ struct SpanMessage<'a, L> {
     /// The status code (0 unset, 1 ok, 2 error) and message.
     code: i64,
     message: &'a str,
+}
+
+/// OTLP's status code (0 unset, 1 ok, 2 error) and message: only an error keeps its
+/// message.
+fn status_code(status: SpanStatus, message: Option<&str>) -> (i64, &str) {
+    match status {
+        SpanStatus::Error => (2, message.unwrap_or_default()),
+        SpanStatus::Ok => (1, ""),
+        SpanStatus::Unset => (0, ""),
+    }
 }
 
 /// One attribute as a `KeyValue` field of a `Span` (9).
