@@ -11,6 +11,7 @@ pub mod enqueue;
 pub mod error;
 pub mod execution;
 pub mod handler;
+mod idmap;
 pub mod jsonb;
 pub mod migrate;
 pub mod percent;

@@ -12,8 +12,6 @@ mod otlp;
 #[cfg(feature = "otel")]
 mod sdk;
 
-use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -23,7 +21,7 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::sql;
-use crate::traceparent::TraceParent;
+use crate::traceparent::{SpanId, TraceParent};
 
 #[cfg(feature = "otel")]
 pub(crate) use otlp::parse_resource_attributes;
@@ -31,38 +29,11 @@ pub use otlp::{Resource, otlp_json};
 #[cfg(feature = "otel")]
 pub(crate) use sdk::wire;
 #[cfg(feature = "otel")]
-pub use sdk::{encode_attempt_span, encode_proto_span, span_data, to_proto_span, to_span_data};
+pub use sdk::{
+    AttemptHead, encode_attempt_span, encode_proto_span, span_data, to_proto_span, to_span_data,
+};
 
-/// A small multiply-rotate hasher for the maps here, keyed by ids that are random
-/// already (SipHash's protection against chosen keys buys nothing for rows pgc reads
-/// itself, and it was the largest cost of rebuilding a big trace).
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.write_u64(u64::from_le_bytes(word));
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        self.write_u64(n as u64);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
-type FastSet<K> = HashSet<K, BuildHasherDefault<IdHasher>>;
+use crate::idmap::{FastMap, FastSet};
 
 /// What to rebuild the trace from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -263,15 +234,19 @@ pub(crate) fn attributes_of(p: AttrParts<'_>) -> Vec<(&'static str, AttrValue<'_
             };
             a.push(("messaging.operation.type", AttrValue::Str(operation)));
             a.push(("messaging.destination.name", AttrValue::Str(p.queue)));
-            a.push(("messaging.message.id", AttrValue::Uuid(p.execution_id)));
         }
         SpanKind::Internal => {
             let step = p.name.strip_prefix("task.step:").unwrap_or(p.name);
             a.push(("pgconductor.step.name", AttrValue::Str(step)));
         }
     }
+    // Those above and these two are the same for every attempt of a queue's task (a
+    // worker encodes them once: see `sdk::AttemptHead`).
     a.push(("pgconductor.task", AttrValue::Str(p.task)));
     a.push(("pgconductor.queue", AttrValue::Str(p.queue)));
+    if p.kind != SpanKind::Internal {
+        a.push(("messaging.message.id", AttrValue::Uuid(p.execution_id)));
+    }
     a.push(("pgconductor.execution_id", AttrValue::Uuid(p.execution_id)));
     if let (Some(parent), false) = (p.parent_execution_id, p.kind == SpanKind::Internal) {
         a.push(("pgconductor.parent_execution_id", AttrValue::Uuid(parent)));
@@ -1249,8 +1224,9 @@ pub fn enqueue_span(
 pub struct AttemptParts<'a> {
     /// The stored producer carrier (trace id, producer span id, flags).
     pub producer: &'a TraceParent,
-    /// The attempt's stored span id.
-    pub span_id: &'a str,
+    /// The attempt's stored span id (invalid, all zeros, when the stored one is not 16
+    /// hex digits).
+    pub span_id: SpanId,
     /// The execution.
     pub execution_id: Uuid,
     /// Its task.

@@ -484,14 +484,21 @@ impl TraceParent {
         let mut out = [b'-'; TRACEPARENT_LEN];
         out[0] = b'0';
         out[1] = b'0';
-        let trace_id = u128::from_be_bytes(self.trace_id.to_bytes());
-        for (i, slot) in out[TRACE_ID_START..TRACE_ID_END].iter_mut().enumerate() {
-            *slot = HEX_DIGITS[((trace_id >> (124 - 4 * i)) & 0xf) as usize];
-        }
-        let parent_id = u64::from_be_bytes(self.parent_id.to_bytes());
-        for (i, slot) in out[PARENT_ID_START..PARENT_ID_END].iter_mut().enumerate() {
-            *slot = HEX_DIGITS[((parent_id >> (60 - 4 * i)) & 0xf) as usize];
-        }
+        // A byte at a time, two digits each (this runs for every attempt a worker starts).
+        let hex = |bytes: &[u8], slots: &mut [u8]| {
+            for (b, pair) in bytes.iter().zip(slots.chunks_exact_mut(2)) {
+                pair[0] = HEX_DIGITS[usize::from(b >> 4)];
+                pair[1] = HEX_DIGITS[usize::from(b & 0xf)];
+            }
+        };
+        hex(
+            &self.trace_id.to_bytes(),
+            &mut out[TRACE_ID_START..TRACE_ID_END],
+        );
+        hex(
+            &self.parent_id.to_bytes(),
+            &mut out[PARENT_ID_START..PARENT_ID_END],
+        );
         let flags = self.flags.to_u8();
         out[FLAGS_START] = HEX_DIGITS[usize::from(flags >> 4)];
         out[FLAGS_START + 1] = HEX_DIGITS[usize::from(flags & 0xf)];

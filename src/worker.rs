@@ -53,6 +53,7 @@ use uuid::Uuid;
 use crate::db::ConnectOptions;
 use crate::error::Result;
 use crate::handler::{Job, Outcome, SharedHandler};
+use crate::idmap::{FastMap, FastSet};
 use crate::sql;
 use crate::telemetry::TelemetryEvent;
 use crate::traceparent::{SpanId, TraceFlags, TraceParent, new_trace_id};
@@ -337,7 +338,7 @@ struct InFlight {
     queue: Arc<str>,
     attempt: i32,
     stop: CancellationToken,
-    meta: Option<Arc<AttemptMeta>>,
+    meta: Option<AttemptMeta>,
     traceparent: Arc<str>,
 }
 
@@ -353,18 +354,20 @@ struct Done {
     outcome: Outcome,
     /// For the attempt's span; `None` for an execution that was never started or when
     /// no telemetry is configured.
-    meta: Option<Arc<AttemptMeta>>,
+    meta: Option<AttemptMeta>,
     /// The attempt's `traceparent`, as the handler got it.
     traceparent: Option<Arc<str>>,
 }
 
-/// What the live span of an attempt needs besides its outcome.
+/// What the live span of an attempt needs besides its outcome (a value, copied to
+/// where the attempt ends: nothing to allocate per execution).
+#[derive(Clone, Copy)]
 struct AttemptMeta {
     parent_execution_id: Option<Uuid>,
     /// The stored producer carrier, when it is readable.
     producer: Option<TraceParent>,
     /// The attempt's span id (handed to the handler in TRACEPARENT).
-    span_id: String,
+    span_id: SpanId,
     started: chrono::DateTime<chrono::Utc>,
 }
 
@@ -381,7 +384,7 @@ impl Done {
         let producer = meta.producer.as_ref()?;
         Some(crate::trace::AttemptParts {
             producer,
-            span_id: &meta.span_id,
+            span_id: meta.span_id,
             execution_id: self.id,
             task: &self.task,
             queue: &self.queue,
@@ -652,9 +655,9 @@ pub async fn run(
     let claimable = handlers.claimable();
     let lease_secs = opts.lease.as_secs_f64();
     let mut joins: JoinSet<Done> = JoinSet::new();
-    let mut inflight: HashMap<Key, InFlight> = HashMap::new();
+    let mut inflight: FastMap<Key, InFlight> = FastMap::default();
     // Handler task → its attempt, to settle a handler that panicked.
-    let mut tasks: HashMap<tokio::task::Id, Key> = HashMap::new();
+    let mut tasks: FastMap<tokio::task::Id, Key> = FastMap::default();
     // Executions this worker recovered from dead workers and finished as failed.
     let mut reaped_failed: Vec<FailedExecution> = Vec::new();
     // Finished attempts handed to the settler and not yet settled.
@@ -937,7 +940,7 @@ pub async fn run(
                                 attempt: f.attempt,
                                 duration: Duration::ZERO,
                                 outcome: Outcome::Failed(format!("handler panicked: {e}")),
-                                meta: f.meta.clone(),
+                                meta: f.meta,
                                 traceparent: Some(f.traceparent.clone()),
                             }
                         }
@@ -1470,8 +1473,8 @@ fn launch(
     row: &tokio_postgres::Row,
     handlers: &Handlers,
     joins: &mut JoinSet<Done>,
-    tasks: &mut HashMap<tokio::task::Id, Key>,
-    inflight: &mut HashMap<Key, InFlight>,
+    tasks: &mut FastMap<tokio::task::Id, Key>,
+    inflight: &mut FastMap<Key, InFlight>,
     traced: bool,
 ) -> std::result::Result<(), tokio_postgres::Error> {
     let (key, task_id, flight) = start(row, handlers, joins, traced)?;
@@ -1501,16 +1504,15 @@ fn start(
     let span: String = row.try_get(8)?;
     let parent_execution_id: Option<Uuid> = row.try_get(9)?;
     let producer = stored_traceparent.and_then(|s| TraceParent::parse(s).ok());
-    let (traceparent, tracestate) = attempt_context(producer.as_ref(), stored_tracestate, &span);
+    let span_id = SpanId::from_hex(&span).unwrap_or(SpanId::INVALID);
+    let (traceparent, tracestate) = attempt_context(producer.as_ref(), stored_tracestate, span_id);
     let attempt_tp: Arc<str> = Arc::from(traceparent.as_str());
     let queue_name: Arc<str> = Arc::from(queue.as_str());
-    let meta = traced.then(|| {
-        Arc::new(AttemptMeta {
-            parent_execution_id,
-            producer,
-            span_id: span,
-            started: chrono::Utc::now(),
-        })
+    let meta = traced.then(|| AttemptMeta {
+        parent_execution_id,
+        producer,
+        span_id,
+        started: chrono::Utc::now(),
     });
     let job = Job {
         execution_id: id,
@@ -1526,7 +1528,7 @@ fn start(
     let handler = handlers.get(&task).cloned();
     let token = stop.clone();
     let task_name = task.clone();
-    let done_meta = meta.clone();
+    let done_meta = meta;
     let done_tp = attempt_tp.clone();
     let done_queue = queue_name.clone();
     let spawned = joins.spawn(async move {
@@ -1569,9 +1571,8 @@ fn start(
 fn attempt_context(
     stored: Option<&TraceParent>,
     stored_tracestate: Option<&str>,
-    span: &str,
+    span_id: SpanId,
 ) -> (String, Option<String>) {
-    let span_id = SpanId::from_hex(span).unwrap_or(SpanId::INVALID);
     let tp = match stored {
         Some(p) => TraceParent::new(p.trace_id, span_id, p.flags),
         None => TraceParent::new(new_trace_id(), span_id, TraceFlags::SAMPLED),
@@ -1651,13 +1652,13 @@ async fn settle_all(
             }
         }
     }
-    let by_id: HashMap<Uuid, &Done> = buf.iter().map(|d| (d.id, d)).collect();
+    let by_id: FastMap<Uuid, &Done> = buf.iter().map(|d| (d.id, d)).collect();
     // Each settled attempt's live span (built only when something records spans).
     let traced = opts.telemetry.wants_spans();
     // Reported once the whole batch has committed, so that a batch retried after a
     // failure reports each attempt once.
     let mut outcomes: Vec<(Uuid, &'static str, Option<String>, &'static str)> = Vec::new();
-    let mut retries: HashMap<Uuid, Duration> = HashMap::new();
+    let mut retries: FastMap<Uuid, Duration> = FastMap::default();
     let mut emit = |id: Uuid, outcome: &'static str, message: Option<String>, status: &str| {
         let status = match status {
             "pending" => "pending",
@@ -1681,7 +1682,7 @@ async fn settle_all(
         session.client.batch_execute("begin").await?;
     }
     let mut finished_other = false;
-    let mut settled: std::collections::HashSet<Uuid> = std::collections::HashSet::new();
+    let mut settled: FastSet<Uuid> = FastSet::default();
     if !complete.0.is_empty() {
         let params: [&(dyn ToSql + Sync); 4] = [&worker_id, &complete.0, &complete.1, &complete.2];
         let rows = if single {
@@ -1696,7 +1697,7 @@ async fn settle_all(
         if again && ids.len() < complete.0.len() {
             // The batch's first try may have committed before its error: those count as
             // settled by this worker (they notified waiters then).
-            let fresh: std::collections::HashSet<Uuid> = ids.iter().copied().collect();
+            let fresh: FastSet<Uuid> = ids.iter().copied().collect();
             let (rest, generations): (Vec<Uuid>, Vec<i32>) = complete
                 .0
                 .iter()
@@ -1916,7 +1917,7 @@ type FailBatch = (Vec<Uuid>, Vec<i32>, Vec<String>, Vec<String>, Vec<f64>);
 async fn renew_leases(
     client: &Client,
     worker_id: Uuid,
-    inflight: &HashMap<Key, InFlight>,
+    inflight: &FastMap<Key, InFlight>,
     queued: &[Key],
     lease_secs: f64,
 ) -> std::result::Result<(std::collections::HashSet<Key>, Vec<Key>), tokio_postgres::Error> {

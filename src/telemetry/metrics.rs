@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::{Counter, Histogram, MeterProvider as _};
+use opentelemetry::metrics::{
+    BoundCounter, BoundHistogram, Counter, Histogram, MeterProvider as _,
+};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::metrics::data::ResourceMetrics;
 use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
@@ -168,57 +170,98 @@ pub struct Metrics {
     execution_attrs: ExecutionAttrs,
 }
 
-/// The attributes of an execution's measurements, by queue, task and outcome, built
-/// once each: a busy worker records tens of thousands a second, nearly all with the
-/// same few sets.
+/// The measurements of executions, by queue, task and outcome: each set of attributes
+/// built once and bound to the instruments once (a bound instrument records without
+/// hashing and looking up its attributes, which was most of what metrics cost a busy
+/// worker: tens of thousands of executions a second, nearly all in the same few sets).
 #[derive(Default)]
 struct ExecutionAttrs {
-    /// By a hash of (queue, task, outcome), and how many in all (at most
-    /// [`ExecutionAttrs::MAX`]).
-    sets: std::sync::Mutex<(std::collections::HashMap<u64, Vec<CachedAttrs>>, usize)>,
+    /// The sets, by a hash of (queue, task, outcome); how many in all (at most
+    /// [`ExecutionAttrs::MAX`]); and the one used last, tried before hashing.
+    sets: std::sync::Mutex<ExecutionSets>,
 }
 
-struct CachedAttrs {
+#[derive(Default)]
+struct ExecutionSets {
+    by_hash: std::collections::HashMap<u64, Vec<std::sync::Arc<ExecutionSet>>>,
+    count: usize,
+    last: Option<std::sync::Arc<ExecutionSet>>,
+}
+
+/// One (queue, task, outcome): its attributes and the instruments bound to them.
+struct ExecutionSet {
     queue: Box<str>,
     task: Box<str>,
     status: Box<str>,
     attrs: std::sync::Arc<[KeyValue]>,
+    bound: Option<BoundExecution>,
+}
+
+/// The per-execution instruments, bound to one attribute set.
+struct BoundExecution {
+    task_duration: BoundHistogram<f64>,
+    process_duration: BoundHistogram<f64>,
+    task_attempts: BoundCounter<u64>,
+}
+
+impl ExecutionSet {
+    fn is(&self, queue: &str, task: &str, status: &str) -> bool {
+        &*self.status == status && &*self.task == task && &*self.queue == queue
+    }
 }
 
 impl ExecutionAttrs {
-    /// Sets kept; more distinct ones (tasks named per execution) are built each time.
+    /// Sets kept; more distinct ones (tasks named per execution) are built each time and
+    /// recorded through the unbound instruments.
     const MAX: usize = 1000;
 
-    fn get(&self, queue: &str, task: &str, status: &str) -> std::sync::Arc<[KeyValue]> {
+    /// The set of (queue, task, status); `bind` binds the instruments to a new one.
+    fn get(
+        &self,
+        queue: &str,
+        task: &str,
+        status: &str,
+        bind: impl FnOnce(&[KeyValue]) -> Option<BoundExecution>,
+    ) -> std::sync::Arc<ExecutionSet> {
         use std::hash::{Hash, Hasher};
+        let Ok(mut guard) = self.sets.lock() else {
+            return Self::build(queue, task, status, |_| None);
+        };
+        let sets = &mut *guard;
+        if let Some(last) = &sets.last
+            && last.is(queue, task, status)
+        {
+            return last.clone();
+        }
         let mut h = std::hash::DefaultHasher::new();
         (queue, task, status).hash(&mut h);
         let hash = h.finish();
-        let Ok(mut guard) = self.sets.lock() else {
-            return Self::build(queue, task, status);
+        let found = sets
+            .by_hash
+            .get(&hash)
+            .and_then(|v| v.iter().find(|c| c.is(queue, task, status)))
+            .cloned();
+        let set = match found {
+            Some(set) => set,
+            None if sets.count < Self::MAX => {
+                let set = Self::build(queue, task, status, bind);
+                sets.count += 1;
+                sets.by_hash.entry(hash).or_default().push(set.clone());
+                set
+            }
+            None => return Self::build(queue, task, status, |_| None),
         };
-        let (sets, count) = &mut *guard;
-        if let Some(c) = sets.get(&hash).and_then(|v| {
-            v.iter()
-                .find(|c| &*c.queue == queue && &*c.task == task && &*c.status == status)
-        }) {
-            return c.attrs.clone();
-        }
-        let attrs = Self::build(queue, task, status);
-        if *count < Self::MAX {
-            *count += 1;
-            sets.entry(hash).or_default().push(CachedAttrs {
-                queue: queue.into(),
-                task: task.into(),
-                status: status.into(),
-                attrs: attrs.clone(),
-            });
-        }
-        attrs
+        sets.last = Some(set.clone());
+        set
     }
 
     /// The set: the retry delay's attributes are its first four.
-    fn build(queue: &str, task: &str, status: &str) -> std::sync::Arc<[KeyValue]> {
+    fn build(
+        queue: &str,
+        task: &str,
+        status: &str,
+        bind: impl FnOnce(&[KeyValue]) -> Option<BoundExecution>,
+    ) -> std::sync::Arc<ExecutionSet> {
         let mut attrs = vec![
             KeyValue::new("messaging.system", "pgconductor"),
             KeyValue::new("messaging.destination.name", queue.to_string()),
@@ -229,7 +272,14 @@ impl ExecutionAttrs {
         if !matches!(status, "completed" | "released") {
             attrs.push(KeyValue::new("error.type", status.to_string()));
         }
-        attrs.into()
+        let bound = bind(&attrs);
+        std::sync::Arc::new(ExecutionSet {
+            queue: queue.into(),
+            task: task.into(),
+            status: status.into(),
+            attrs: attrs.into(),
+            bound,
+        })
     }
 }
 
@@ -418,12 +468,29 @@ impl Metrics {
                 retry_in,
                 ..
             } => {
-                let attrs = self.execution_attrs.get(queue, task, status);
-                self.task_duration.record(duration.as_secs_f64(), &attrs);
-                self.process_duration.record(duration.as_secs_f64(), &attrs);
-                self.task_attempts.add(1, &attrs);
+                let set = self.execution_attrs.get(queue, task, status, |attrs| {
+                    Some(BoundExecution {
+                        task_duration: self.task_duration.bind(attrs),
+                        process_duration: self.process_duration.bind(attrs),
+                        task_attempts: self.task_attempts.bind(attrs),
+                    })
+                });
+                let seconds = duration.as_secs_f64();
+                match &set.bound {
+                    Some(b) => {
+                        b.task_duration.record(seconds);
+                        b.process_duration.record(seconds);
+                        b.task_attempts.add(1);
+                    }
+                    None => {
+                        self.task_duration.record(seconds, &set.attrs);
+                        self.process_duration.record(seconds, &set.attrs);
+                        self.task_attempts.add(1, &set.attrs);
+                    }
+                }
                 if let Some(delay) = retry_in {
-                    self.retry_delay.record(delay.as_secs_f64(), &attrs[..4]);
+                    self.retry_delay
+                        .record(delay.as_secs_f64(), &set.attrs[..4]);
                 }
             }
             TelemetryEvent::DbQuery {
@@ -489,10 +556,19 @@ mod tests {
     #[test]
     fn execution_attribute_sets_are_built_once_per_queue_task_and_outcome() {
         let cache = ExecutionAttrs::default();
-        let a = cache.get("q1", "report", "completed");
+        let get = |queue: &str, task: &str, status: &str| {
+            cache.get(queue, task, status, |_| None).attrs.clone()
+        };
+        let a = get("q1", "report", "completed");
+        // Asked again, right after and after another set.
         assert!(std::sync::Arc::ptr_eq(
             &a,
-            &cache.get("q1", "report", "completed")
+            &get("q1", "report", "completed")
+        ));
+        get("q1", "report", "failed");
+        assert!(std::sync::Arc::ptr_eq(
+            &a,
+            &get("q1", "report", "completed")
         ));
         let keys = |attrs: &[KeyValue]| -> Vec<(String, String)> {
             attrs
@@ -512,19 +588,19 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
         );
         // Any part different is another set; failures carry error.type.
-        let failed = cache.get("q1", "report", "failed");
+        let failed = get("q1", "report", "failed");
         assert_eq!(
             keys(&failed).last(),
             Some(&("error.type".to_string(), "failed".to_string()))
         );
-        assert_eq!(keys(&cache.get("q2", "report", "completed"))[1].1, "q2");
-        assert_eq!(keys(&cache.get("q1", "other", "completed"))[3].1, "other");
+        assert_eq!(keys(&get("q2", "report", "completed"))[1].1, "q2");
+        assert_eq!(keys(&get("q1", "other", "completed"))[3].1, "other");
         // Past the limit, sets are still right, just not kept.
         for i in 0..ExecutionAttrs::MAX + 10 {
             let task = format!("t{i}");
-            assert_eq!(keys(&cache.get("q", &task, "completed"))[3].1, task);
+            assert_eq!(keys(&get("q", &task, "completed"))[3].1, task);
         }
-        let kept = cache.sets.lock().map(|g| g.1).unwrap_or(0);
+        let kept = cache.sets.lock().map(|g| g.count).unwrap_or(0);
         assert_eq!(kept, ExecutionAttrs::MAX);
     }
 }

@@ -204,22 +204,50 @@ impl SpanSender {
         &self.endpoint
     }
 
+    /// An empty batch for [`SpanSender::send`], with room for about `spans` spans and,
+    /// in front of them, for what `send` writes around them (so that it sends the
+    /// batch's buffer without copying it).
+    pub fn batch(&self, spans: usize) -> SpanBatch {
+        // Four length-delimited headers (a one-byte key and a varint length each) and
+        // the resource and scope messages.
+        let room = 4 * 11 + self.resource.len() + self.scope.len();
+        let mut bytes = Vec::with_capacity(room + spans * SPAN_BYTES);
+        bytes.resize(room, 0);
+        SpanBatch {
+            bytes,
+            room,
+            spans: 0,
+        }
+    }
+
     /// One export request of `spans` (a [`SpanBatch`]); an answer other than 2xx is an
     /// error.
     pub async fn send(&self, spans: SpanBatch) -> Result<(), String> {
         use crate::trace::wire::{header, header_len};
         // ExportTraceServiceRequest { resource_spans (1): [ResourceSpans { resource (1),
         // scope_spans (2): [ScopeSpans { scope (1), spans (2): the batch }] }] }
-        let scope_spans = header_len(1, self.scope.len()) + spans.bytes.len();
+        let SpanBatch {
+            mut bytes, room, ..
+        } = spans;
+        let spans_len = bytes.len() - room;
+        let scope_spans = header_len(1, self.scope.len()) + spans_len;
         let resource_spans = header_len(1, self.resource.len()) + header_len(2, scope_spans);
-        let mut body = Vec::with_capacity(header_len(1, resource_spans));
-        header(1, resource_spans, &mut body);
-        header(1, self.resource.len(), &mut body);
-        body.extend_from_slice(&self.resource);
-        header(2, scope_spans, &mut body);
-        header(1, self.scope.len(), &mut body);
-        body.extend_from_slice(&self.scope);
-        body.extend_from_slice(&spans.bytes);
+        let mut head = Vec::with_capacity(64 + self.resource.len() + self.scope.len());
+        header(1, resource_spans, &mut head);
+        header(1, self.resource.len(), &mut head);
+        head.extend_from_slice(&self.resource);
+        header(2, scope_spans, &mut head);
+        header(1, self.scope.len(), &mut head);
+        head.extend_from_slice(&self.scope);
+        let body = if head.len() <= room {
+            // Written just in front of the spans, in the room left for it.
+            let start = room - head.len();
+            bytes[start..room].copy_from_slice(&head);
+            bytes::Bytes::from(bytes).slice(start..)
+        } else {
+            head.extend_from_slice(&bytes[room..]);
+            bytes::Bytes::from(head)
+        };
         let response = self
             .client
             .post(&self.url)
@@ -265,14 +293,23 @@ fn describe_http_error(e: &reqwest::Error) -> String {
     text
 }
 
+/// Spans a new batch has room for before it grows (`OTEL_BSP_MAX_EXPORT_BATCH_SIZE`
+/// may be far larger than what usually waits).
+const MAX_RESERVED_SPANS: usize = 2048;
+
 /// Export requests in flight at once.
 const CONCURRENT_EXPORTS: usize = 4;
 
+/// About how many bytes one span takes, encoded (an attempt's span: about 530).
+const SPAN_BYTES: usize = 600;
+
 /// Spans for one OTLP export request, encoded: each a `spans` field of a `ScopeSpans`
-/// message.
-#[derive(Debug, Default)]
+/// message. Made by [`SpanSender::batch`].
+#[derive(Debug)]
 pub struct SpanBatch {
+    /// `room` bytes for what goes in front of the spans, then the spans.
     bytes: Vec<u8>,
+    room: usize,
     spans: usize,
 }
 
@@ -308,6 +345,7 @@ struct Pending {
     /// Spans queued.
     count: usize,
     scratch: Vec<u8>,
+    head: crate::trace::AttemptHead,
 }
 
 /// Spans recorded through the hooks, exported when [`OtelTelemetry::flush`] is called
@@ -581,7 +619,11 @@ impl OtelTelemetry {
     /// Queues one finished span for export (or counts it as dropped when the queue is
     /// full): `encode` writes its OTLP `Span` message, `data` is its record for the
     /// console.
-    fn record(&self, encode: impl FnOnce(&mut Vec<u8>), data: Option<SpanData>) {
+    fn record(
+        &self,
+        encode: impl FnOnce(&mut Vec<u8>, &mut crate::trace::AttemptHead),
+        data: Option<SpanData>,
+    ) {
         let Ok(mut pending) = self.pending.lock() else {
             return;
         };
@@ -590,20 +632,23 @@ impl OtelTelemetry {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return;
         }
-        if self.otlp.is_some() {
+        if let Some(sender) = &self.otlp {
             let Pending {
-                batches, scratch, ..
+                batches,
+                scratch,
+                head,
+                ..
             } = &mut *pending;
             let batch = match batches.last_mut() {
                 Some(b) if b.len() < self.limits.max_batch => b,
                 _ => {
-                    batches.push(SpanBatch::default());
+                    batches.push(sender.batch(self.limits.max_batch.min(MAX_RESERVED_SPANS)));
                     // Just pushed.
                     let Some(b) = batches.last_mut() else { return };
                     b
                 }
             };
-            batch.push(scratch, encode);
+            batch.push(scratch, |out| encode(out, head));
         }
         pending.console.extend(data);
         pending.count += 1;
@@ -618,7 +663,7 @@ impl Telemetry for OtelTelemetry {
         if self.traced {
             let now = Utc::now();
             self.record(
-                |out| crate::trace::encode_proto_span(trace_id, now, span, out),
+                |out, _| crate::trace::encode_proto_span(trace_id, now, span, out),
                 self.console.then(|| to_span_data(trace_id, now, span)),
             );
         }
@@ -632,7 +677,10 @@ impl Telemetry for OtelTelemetry {
             let (trace_id, span) = crate::trace::attempt_span(parts);
             self.span(&trace_id, &span);
         } else {
-            self.record(|out| crate::trace::encode_attempt_span(&parts, out), None);
+            self.record(
+                |out, head| crate::trace::encode_attempt_span(&parts, head, out),
+                None,
+            );
         }
     }
 
@@ -709,7 +757,7 @@ impl Telemetry for OtelTelemetry {
             .is_some()
             .then(|| opentelemetry_proto::tonic::trace::v1::Span::from(data.clone()));
         self.record(
-            |out| {
+            |out, _| {
                 if let Some(p) = proto {
                     prost::Message::encode_raw(&p, out);
                 }

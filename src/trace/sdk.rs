@@ -233,16 +233,14 @@ pub fn encode_proto_span(trace_id: &str, now: DateTime<Utc>, s: &Span, out: &mut
 /// Appends the OTLP protobuf `Span` message of one attempt as the worker settles it:
 /// the message [`encode_proto_span`] writes for [`super::attempt_span`]'s span, written
 /// from the attempt's parts without building that span (its strings and ids).
-pub fn encode_attempt_span(p: &super::AttemptParts<'_>, out: &mut Vec<u8>) {
+pub fn encode_attempt_span(p: &super::AttemptParts<'_>, head: &mut AttemptHead, out: &mut Vec<u8>) {
     let status = super::attempt_status(p.outcome);
     let (code, message) = status_code(status, p.message.as_deref());
     let producer = p.producer.parent_id.to_bytes();
     encode_span_message(
         SpanMessage {
             trace_id: p.producer.trace_id.to_bytes(),
-            span_id: SpanId::from_hex(p.span_id)
-                .unwrap_or(SpanId::INVALID)
-                .to_bytes(),
+            span_id: p.span_id.to_bytes(),
             parent: Some(producer),
             parent_is_remote: true,
             trace_flags: p.producer.flags.to_u8(),
@@ -255,25 +253,72 @@ pub fn encode_attempt_span(p: &super::AttemptParts<'_>, out: &mut Vec<u8>) {
             message,
         },
         |out| {
-            for (key, value) in super::attributes_of(super::AttrParts {
-                kind: SpanKind::Consumer,
-                name: "",
-                queue: p.queue,
-                task: p.task,
-                execution_id: p.execution_id,
-                parent_execution_id: p.parent_execution_id,
-                priority: 0,
-                max_attempts: 0,
-                attempt: Some(p.attempt),
-                exit_code: None,
-                outcome: p.outcome,
-                status,
-            }) {
-                attribute(key, value, out);
+            // `super::attributes_of` of a consumer span, in its order (a test holds the
+            // two to the same bytes): the queue's and task's part, encoded once.
+            use wire::{Any, key_value};
+            out.extend_from_slice(head.get(p.queue, p.task));
+            let mut uuid = [0u8; uuid::fmt::Hyphenated::LENGTH];
+            let id = p
+                .execution_id
+                .hyphenated()
+                .encode_lower(&mut uuid)
+                .as_bytes();
+            key_value(9, b"messaging.message.id", Any::Str(id), out);
+            key_value(9, b"pgconductor.execution_id", Any::Str(id), out);
+            if let Some(parent) = p.parent_execution_id {
+                attribute(
+                    "pgconductor.parent_execution_id",
+                    AttrValue::Uuid(parent),
+                    out,
+                );
+            }
+            key_value(9, b"pgconductor.attempt", Any::Int(p.attempt.into()), out);
+            key_value(
+                9,
+                b"pgconductor.attempt.outcome",
+                Any::Str(p.outcome.as_bytes()),
+                out,
+            );
+            if status == SpanStatus::Error {
+                key_value(9, b"error.type", Any::Str(p.outcome.as_bytes()), out);
             }
         },
         out,
     );
+}
+
+/// The attributes an attempt's span shares with every attempt of the same queue and
+/// task, encoded for the last (queue, task) asked for: a worker settles long runs of
+/// attempts of one task, and writing these five attributes was most of what encoding
+/// its spans cost.
+#[derive(Debug, Default)]
+pub struct AttemptHead {
+    queue: String,
+    task: String,
+    bytes: Vec<u8>,
+}
+
+impl AttemptHead {
+    /// The encoded attributes of (`queue`, `task`).
+    fn get(&mut self, queue: &str, task: &str) -> &[u8] {
+        if self.bytes.is_empty() || self.queue != queue || self.task != task {
+            self.queue.clear();
+            self.queue.push_str(queue);
+            self.task.clear();
+            self.task.push_str(task);
+            self.bytes.clear();
+            for (key, value) in [
+                ("messaging.system", "pgconductor"),
+                ("messaging.operation.type", "process"),
+                ("messaging.destination.name", queue),
+                ("pgconductor.task", task),
+                ("pgconductor.queue", queue),
+            ] {
+                attribute(key, AttrValue::Str(value), &mut self.bytes);
+            }
+        }
+        &self.bytes
+    }
 }
 
 /// What an OTLP `Span` message holds besides its attributes, as bytes and numbers.
@@ -307,6 +352,7 @@ fn status_code(status: SpanStatus, message: Option<&str>) -> (i64, &str) {
 }
 
 /// One attribute as a `KeyValue` field of a `Span` (9).
+#[inline]
 fn attribute(key: &str, value: AttrValue<'_>, out: &mut Vec<u8>) {
     use wire::{Any, key_value};
     let mut uuid = [0u8; uuid::fmt::Hyphenated::LENGTH];
@@ -379,20 +425,40 @@ fn encode_span_message<L: Iterator<Item = [u8; 8]>>(
 
 /// Protobuf field writers with proto3's defaults left out, as prost writes them.
 pub(crate) mod wire {
-    use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+    use prost::encoding::{WireType, encoded_len_varint, key_len};
+
+    /// A varint, written here rather than by prost's `encode_varint` (not inlined, and
+    /// checking the buffer's room byte by byte): a live attempt span writes some forty.
+    #[inline]
+    fn put_varint(mut v: u64, out: &mut Vec<u8>) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+
+    /// A field's key (its tag and wire type).
+    #[inline]
+    fn put_key(tag: u32, wire_type: WireType, out: &mut Vec<u8>) {
+        put_varint((u64::from(tag) << 3) | wire_type as u64, out);
+    }
 
     /// A length-delimited field's tag and length.
+    #[inline]
     pub fn header(tag: u32, len: usize, out: &mut Vec<u8>) {
-        encode_key(tag, WireType::LengthDelimited, out);
-        encode_varint(len as u64, out);
+        put_key(tag, WireType::LengthDelimited, out);
+        put_varint(len as u64, out);
     }
 
     /// Bytes of a length-delimited field with `len` bytes of content.
+    #[inline]
     pub fn header_len(tag: u32, len: usize) -> usize {
         key_len(tag) + encoded_len_varint(len as u64) + len
     }
 
     /// A bytes or string field; nothing when empty.
+    #[inline]
     pub fn bytes(tag: u32, b: &[u8], out: &mut Vec<u8>) {
         if !b.is_empty() {
             header(tag, b.len(), out);
@@ -400,6 +466,7 @@ pub(crate) mod wire {
         }
     }
 
+    #[inline]
     pub fn bytes_len(tag: u32, b: &[u8]) -> usize {
         if b.is_empty() {
             0
@@ -409,13 +476,15 @@ pub(crate) mod wire {
     }
 
     /// A varint (enum, int64) field; nothing when 0.
+    #[inline]
     pub fn varint(tag: u32, v: i64, out: &mut Vec<u8>) {
         if v != 0 {
-            encode_key(tag, WireType::Varint, out);
-            encode_varint(v as u64, out);
+            put_key(tag, WireType::Varint, out);
+            put_varint(v as u64, out);
         }
     }
 
+    #[inline]
     pub fn varint_len(tag: u32, v: i64) -> usize {
         if v == 0 {
             0
@@ -425,21 +494,24 @@ pub(crate) mod wire {
     }
 
     /// A fixed64 field; nothing when 0.
+    #[inline]
     pub fn fixed64(tag: u32, v: u64, out: &mut Vec<u8>) {
         if v != 0 {
-            encode_key(tag, WireType::SixtyFourBit, out);
+            put_key(tag, WireType::SixtyFourBit, out);
             out.extend_from_slice(&v.to_le_bytes());
         }
     }
 
     /// A fixed32 field; nothing when 0.
+    #[inline]
     pub fn fixed32(tag: u32, v: u32, out: &mut Vec<u8>) {
         if v != 0 {
-            encode_key(tag, WireType::ThirtyTwoBit, out);
+            put_key(tag, WireType::ThirtyTwoBit, out);
             out.extend_from_slice(&v.to_le_bytes());
         }
     }
 
+    #[inline]
     pub fn fixed32_len(tag: u32, v: u32) -> usize {
         if v == 0 { 0 } else { key_len(tag) + 4 }
     }
@@ -454,7 +526,29 @@ pub(crate) mod wire {
 
     /// A `KeyValue` message field: key (1), value (2, an `AnyValue` whose `oneof` is
     /// written even when it holds a default).
+    #[inline]
     pub fn key_value(tag: u32, key: &[u8], value: Any<'_>, out: &mut Vec<u8>) {
+        // The common case, a short key and string with a one-byte field key: every
+        // length fits one byte, and the message is four pieces copied in.
+        if let Any::Str(s) = value
+            && tag < 16
+            && key.len() + s.len() + 6 < 128
+        {
+            let any_len = 2 + s.len();
+            let kv_len = 2 + key.len() + 2 + any_len;
+            let ld = WireType::LengthDelimited as u8;
+            out.reserve(2 + kv_len);
+            out.extend_from_slice(&[
+                (tag as u8) << 3 | ld,
+                kv_len as u8,
+                1 << 3 | ld,
+                key.len() as u8,
+            ]);
+            out.extend_from_slice(key);
+            out.extend_from_slice(&[2 << 3 | ld, any_len as u8, 1 << 3 | ld, s.len() as u8]);
+            out.extend_from_slice(s);
+            return;
+        }
         let any_len = match value {
             Any::Str(s) => header_len(1, s.len()),
             Any::Bool(_) => key_len(2) + 1,
@@ -469,12 +563,12 @@ pub(crate) mod wire {
                 out.extend_from_slice(s);
             }
             Any::Bool(b) => {
-                encode_key(2, WireType::Varint, out);
-                encode_varint(u64::from(b), out);
+                put_key(2, WireType::Varint, out);
+                put_varint(u64::from(b), out);
             }
             Any::Int(i) => {
-                encode_key(3, WireType::Varint, out);
-                encode_varint(i as u64, out);
+                put_key(3, WireType::Varint, out);
+                put_varint(i as u64, out);
             }
         }
     }
@@ -550,6 +644,7 @@ mod tests {
             "00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-00",
         )
         .expect("a valid traceparent");
+        let mut head = AttemptHead::default();
         let outcomes = [
             "completed",
             "failed",
@@ -562,10 +657,11 @@ mod tests {
             for variant in 0..4 {
                 let parts = || super::super::AttemptParts {
                     producer: if variant == 3 { &unsampled } else { &producer },
-                    span_id: "b7ad6b7169203331",
+                    span_id: crate::traceparent::SpanId::from_hex("b7ad6b7169203331")
+                        .expect("a span id"),
                     execution_id: uuid::Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0001),
                     task: if variant == 2 { "" } else { "report" },
-                    queue: "q1",
+                    queue: if variant == 3 { "q2" } else { "q1" },
                     parent_execution_id: (variant == 1).then(|| uuid::Uuid::from_u128(7)),
                     execution_status: "pending",
                     attempt: i32::try_from(i).unwrap_or(0) + 1,
@@ -580,7 +676,7 @@ mod tests {
                 let mut built = Vec::new();
                 encode_proto_span(&trace_id, now, &span, &mut built);
                 let mut direct = vec![0xAA];
-                encode_attempt_span(&parts(), &mut direct);
+                encode_attempt_span(&parts(), &mut head, &mut direct);
                 assert_eq!(direct[0], 0xAA, "appends");
                 assert_eq!(
                     direct[1..],

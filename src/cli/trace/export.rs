@@ -63,7 +63,7 @@ pub(super) async fn export_otlp(trace: &Trace, resource: &Resource) -> Result<()
     let total = trace.spans.len();
     let mut scratch = Vec::new();
     for chunk in trace.spans.chunks(EXPORT_BATCH) {
-        let mut batch = otel::SpanBatch::default();
+        let mut batch = sender.batch(chunk.len());
         for s in chunk {
             batch.push(&mut scratch, |out| {
                 trace::encode_proto_span(&trace.trace_id, trace.now, s, out);
