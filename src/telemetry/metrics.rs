@@ -212,8 +212,10 @@ impl ExecutionSet {
 
 impl ExecutionAttrs {
     /// Sets kept; more distinct ones (tasks named per execution) are built each time and
-    /// recorded through the unbound instruments.
-    const MAX: usize = 1000;
+    /// recorded through the unbound instruments. A bound set is never evicted by the
+    /// SDK, even with delta temporality, so this keeps most of its 2,000 points per
+    /// instrument for those.
+    const MAX: usize = 500;
 
     /// The set of (queue, task, status); `bind` binds the instruments to a new one.
     fn get(
