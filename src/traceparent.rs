@@ -53,13 +53,10 @@ macro_rules! hex_id {
 
             /// From 1 to two-per-byte hex digits, any case; no sign, no spaces.
             pub fn from_hex(hex: &str) -> Option<$name> {
-                if hex.is_empty()
-                    || hex.len() > $digits
-                    || !hex.bytes().all(|b| b.is_ascii_hexdigit())
-                {
+                if hex.is_empty() || hex.len() > $digits {
                     return None;
                 }
-                <$int>::from_str_radix(hex, 16).ok().map($name)
+                decode_digits(hex.as_bytes(), &HEX_ANY_CASE).map(|v| $name(v as $int))
             }
         }
 
@@ -788,18 +785,58 @@ fn trim_ows(s: &str) -> &str {
 
 /// Value of a lower-case hex digit (`HEXDIGLC`); upper-case is not accepted.
 fn hex_value(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        _ => None,
-    }
+    let v = HEX_LOWER_CASE[usize::from(b)];
+    (v != NOT_HEX).then_some(v)
 }
 
 /// Decodes up to 32 lower-case hex digits.
 fn decode_hex(digits: &[u8]) -> Option<u128> {
-    digits.iter().try_fold(0u128, |acc, &b| {
-        hex_value(b).map(|v| (acc << 4) | u128::from(v))
-    })
+    decode_digits(digits, &HEX_LOWER_CASE)
+}
+
+/// A byte's value as a hex digit in the tables below, when it is none.
+const NOT_HEX: u8 = 0xff;
+
+/// The value of each byte as a hex digit: `0-9a-f` only (W3C's `HEXDIGLC`).
+static HEX_LOWER_CASE: [u8; 256] = hex_table(false);
+/// The value of each byte as a hex digit, either case.
+static HEX_ANY_CASE: [u8; 256] = hex_table(true);
+
+const fn hex_table(upper_too: bool) -> [u8; 256] {
+    let mut t = [NOT_HEX; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        if upper_too {
+            t[b'A' as usize + i] = 10 + i as u8;
+        }
+        i += 1;
+    }
+    t
+}
+
+/// Decodes up to 32 hex digits by `table`, without a branch per digit (this runs for
+/// every attempt a worker starts); `None` when any byte is not a digit.
+fn decode_digits(digits: &[u8], table: &[u8; 256]) -> Option<u128> {
+    let half = |part: &[u8]| -> (u64, u8) {
+        part.iter().fold((0u64, 0u8), |(acc, bad), &b| {
+            let v = table[usize::from(b)];
+            ((acc << 4) | u64::from(v & 0xf), bad | v)
+        })
+    };
+    if digits.len() > 32 {
+        return None;
+    }
+    let split = digits.len().saturating_sub(16);
+    let (high, bad_high) = half(&digits[..split]);
+    let (low, bad_low) = half(&digits[split..]);
+    // Digits are 0-15; NOT_HEX has the high bit set.
+    ((bad_high | bad_low) & 0x80 == 0).then_some((u128::from(high) << 64) | u128::from(low))
 }
 
 /// `lcalpha / DIGIT`: the first character of a key.
@@ -903,6 +940,27 @@ mod tests {
         assert_eq!(format!("{:?}", SpanId::from(2)), "SpanId(0000000000000002)");
         let t = TraceId::from_bytes([1; 16]);
         assert_eq!(TraceId::from_bytes(t.to_bytes()), t);
+        // Every length, every byte: the table decoding agrees with the standard library.
+        let digits = "0123456789abcdefFEDCBA9876543210";
+        for len in 1..=32 {
+            let hex = &digits[..len];
+            assert_eq!(
+                TraceId::from_hex(hex),
+                u128::from_str_radix(hex, 16).ok().map(TraceId::from),
+                "{hex}"
+            );
+        }
+        for b in 0..=255u8 {
+            let one = [b'a', b, b'0'];
+            let text = String::from_utf8_lossy(&one).into_owned();
+            let want = b.is_ascii_hexdigit();
+            assert_eq!(SpanId::from_hex(&text).is_some(), want, "{b:#x}");
+            assert_eq!(
+                decode_hex(&one).is_some(),
+                b.is_ascii_digit() || (b'a'..=b'f').contains(&b),
+                "{b:#x}"
+            );
+        }
     }
 
     fn tp(version: &str, trace: &str, parent: &str, flags: &str) -> String {
