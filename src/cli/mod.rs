@@ -174,7 +174,7 @@ where
 /// [`with_runtime`] on `threads` threads (more than one: a multi-threaded runtime).
 /// `pgc work` takes two: starting a command blocks its thread until the child has
 /// exec'd, and on one thread every start held up the worker's loop and every other
-/// handler (20,000 tasks of `true` at concurrency 8: about 8% more tasks a second on two;
+/// handler (20,000 tasks of `true` at concurrency 8: about 14% more tasks a second on two;
 /// `pgc bench`'s in-process handlers, which start no processes, were a few percent
 /// slower on two, so it keeps one).
 fn with_runtime_threads<F, Fut>(threads: usize, f: F) -> anyhow::Result<ExitCode>

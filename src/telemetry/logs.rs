@@ -35,7 +35,7 @@ impl LogExporter for OnRuntime {
         batch: LogBatch<'_>,
     ) -> impl std::future::Future<Output = OTelSdkResult> + Send {
         // The processor's thread is not a runtime thread, so it may wait here; the
-        // runtime's own thread keeps driving the connection meanwhile.
+        // runtime's own thread(s) keep driving the connection meanwhile.
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         let result = if self.abandon.is_cancelled() {
             Err(OTelSdkError::InternalFailure("abandoned at exit".into()))

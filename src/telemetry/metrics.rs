@@ -30,7 +30,7 @@ impl PushMetricExporter for OnRuntime {
         metrics: &ResourceMetrics,
     ) -> impl std::future::Future<Output = OTelSdkResult> + Send {
         // The reader's thread is not a runtime thread, so it may wait here; the runtime's
-        // own thread keeps driving the connection meanwhile.
+        // own thread(s) keep driving the connection meanwhile.
         let result = self.runtime.block_on(self.inner.export(metrics));
         async move { result }
     }
