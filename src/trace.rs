@@ -187,97 +187,62 @@ impl Span {
     /// attempts, and pgc's own under `pgconductor.*`.
     pub fn attributes(&self) -> Vec<(&'static str, AttrValue<'_>)> {
         let e = &*self.execution;
-        attributes_of(AttrParts {
-            kind: self.kind,
-            name: &self.name,
-            queue: &e.queue,
-            task: &e.task,
-            execution_id: e.id,
-            parent_execution_id: e.parent_execution_id,
-            priority: e.priority,
-            max_attempts: e.max_attempts,
-            attempt: self.attempt,
-            exit_code: self.exit_code,
-            outcome: self.outcome,
-            status: self.status,
-        })
-    }
-}
-
-/// What a span's attributes are made of (see [`Span::attributes`]), so that a span
-/// encoded without being built gets the same ones.
-pub(crate) struct AttrParts<'a> {
-    pub kind: SpanKind,
-    pub name: &'a str,
-    pub queue: &'a str,
-    pub task: &'a str,
-    pub execution_id: Uuid,
-    pub parent_execution_id: Option<Uuid>,
-    pub priority: i32,
-    pub max_attempts: i32,
-    pub attempt: Option<i32>,
-    pub exit_code: Option<i32>,
-    pub outcome: &'a str,
-    pub status: SpanStatus,
-}
-
-/// A span's attributes from their parts.
-pub(crate) fn attributes_of(p: AttrParts<'_>) -> Vec<(&'static str, AttrValue<'_>)> {
-    let mut a = Vec::with_capacity(12);
-    match p.kind {
-        SpanKind::Producer | SpanKind::Consumer => {
-            a.push(("messaging.system", AttrValue::Str("pgconductor")));
-            let operation = if p.kind == SpanKind::Producer {
-                "send"
-            } else {
-                "process"
-            };
-            a.push(("messaging.operation.type", AttrValue::Str(operation)));
-            a.push(("messaging.destination.name", AttrValue::Str(p.queue)));
-        }
-        SpanKind::Internal => {
-            let step = p.name.strip_prefix("task.step:").unwrap_or(p.name);
-            a.push(("pgconductor.step.name", AttrValue::Str(step)));
-        }
-    }
-    // Those above and these two are the same for every attempt of a queue's task (a
-    // worker encodes them once: see `sdk::AttemptHead`).
-    a.push(("pgconductor.task", AttrValue::Str(p.task)));
-    a.push(("pgconductor.queue", AttrValue::Str(p.queue)));
-    if p.kind != SpanKind::Internal {
-        a.push(("messaging.message.id", AttrValue::Uuid(p.execution_id)));
-    }
-    a.push(("pgconductor.execution_id", AttrValue::Uuid(p.execution_id)));
-    if let (Some(parent), false) = (p.parent_execution_id, p.kind == SpanKind::Internal) {
-        a.push(("pgconductor.parent_execution_id", AttrValue::Uuid(parent)));
-    }
-    match p.kind {
-        SpanKind::Producer => {
-            a.push(("pgconductor.priority", AttrValue::Int(p.priority.into())));
-            a.push((
-                "pgconductor.max_attempts",
-                AttrValue::Int(p.max_attempts.into()),
-            ));
-        }
-        SpanKind::Consumer => {
-            if let Some(n) = p.attempt {
-                a.push(("pgconductor.attempt", AttrValue::Int(n.into())));
+        let mut a = Vec::with_capacity(12);
+        match self.kind {
+            SpanKind::Producer | SpanKind::Consumer => {
+                a.push(("messaging.system", AttrValue::Str("pgconductor")));
+                let operation = if self.kind == SpanKind::Producer {
+                    "send"
+                } else {
+                    "process"
+                };
+                a.push(("messaging.operation.type", AttrValue::Str(operation)));
+                a.push(("messaging.destination.name", AttrValue::Str(&e.queue)));
             }
-            a.push(("pgconductor.attempt.outcome", AttrValue::Str(p.outcome)));
-        }
-        SpanKind::Internal => {
-            if let Some(n) = p.attempt {
-                a.push(("pgconductor.attempt", AttrValue::Int(n.into())));
-            }
-            if let Some(code) = p.exit_code {
-                a.push(("pgconductor.step.exit_code", AttrValue::Int(code.into())));
+            SpanKind::Internal => {
+                let step = self.name.strip_prefix("task.step:").unwrap_or(&self.name);
+                a.push(("pgconductor.step.name", AttrValue::Str(step)));
             }
         }
+        // Those above and these two are the same for every attempt of a queue's task (a
+        // worker encodes them once: see `sdk::AttemptHead`).
+        a.push(("pgconductor.task", AttrValue::Str(&e.task)));
+        a.push(("pgconductor.queue", AttrValue::Str(&e.queue)));
+        if self.kind != SpanKind::Internal {
+            a.push(("messaging.message.id", AttrValue::Uuid(e.id)));
+        }
+        a.push(("pgconductor.execution_id", AttrValue::Uuid(e.id)));
+        if let (Some(parent), false) = (e.parent_execution_id, self.kind == SpanKind::Internal) {
+            a.push(("pgconductor.parent_execution_id", AttrValue::Uuid(parent)));
+        }
+        match self.kind {
+            SpanKind::Producer => {
+                a.push(("pgconductor.priority", AttrValue::Int(e.priority.into())));
+                a.push((
+                    "pgconductor.max_attempts",
+                    AttrValue::Int(e.max_attempts.into()),
+                ));
+            }
+            SpanKind::Consumer => {
+                if let Some(n) = self.attempt {
+                    a.push(("pgconductor.attempt", AttrValue::Int(n.into())));
+                }
+                a.push(("pgconductor.attempt.outcome", AttrValue::Str(self.outcome)));
+            }
+            SpanKind::Internal => {
+                if let Some(n) = self.attempt {
+                    a.push(("pgconductor.attempt", AttrValue::Int(n.into())));
+                }
+                if let Some(code) = self.exit_code {
+                    a.push(("pgconductor.step.exit_code", AttrValue::Int(code.into())));
+                }
+            }
+        }
+        if self.status == SpanStatus::Error {
+            a.push(("error.type", AttrValue::Str(self.outcome)));
+        }
+        a
     }
-    if p.status == SpanStatus::Error {
-        a.push(("error.type", AttrValue::Str(p.outcome)));
-    }
-    a
 }
 
 /// Where a row of the tree sits.

@@ -253,7 +253,7 @@ pub fn encode_attempt_span(p: &super::AttemptParts<'_>, head: &mut AttemptHead, 
             message,
         },
         |out| {
-            // `super::attributes_of` of a consumer span, in its order (a test holds the
+            // `Span::attributes` of a consumer span, in its order (a test holds the
             // two to the same bytes): the queue's and task's part, encoded once.
             use wire::{Any, key_value};
             out.extend_from_slice(head.get(p.queue, p.task));
