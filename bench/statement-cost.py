@@ -53,9 +53,12 @@ def pgc_round(n, variant):
     for stmt in variant.split(";"):
         if stmt.strip():
             c.execute(stmt)
+    # Time-ordered ids, as pgc writes them (UUID v7): random ones would scatter the claim
+    # order (priority, run_at, id) over the whole table.
     c.execute(f"""insert into pgconductor._private_executions (id, queue, task_key, payload, trace_context)
-      select gen_random_uuid(), 'default', 'noop', '{{}}', jsonb_build_object('traceparent', '{TP}')
-      from generate_series(1, {n})""")
+      select (lpad(to_hex(i), 12, '0') || '7' || substr(md5(i::text), 1, 19))::uuid, 'default',
+             'noop', '{{}}', jsonb_build_object('traceparent', '{TP}')
+      from generate_series(1, {n}) i""")
     c.execute("vacuum analyze pgconductor._private_executions")
     pg = c.pgconn
     check(pg.prepare(b"claim", const("CLAIM").encode()))
@@ -74,8 +77,9 @@ def pgc_round(n, variant):
         ids = b"{" + b",".join(r.get_value(i, 0) for i in range(k)) + b"}"
         gens = b"{" + b",".join(r.get_value(i, 7) for i in range(k)) + b"}"
         results = b"{" + b",".join([b"NULL"] * k) + b"}"
+        tids = b"{" + b",".join(b'"' + r.get_value(i, 13) + b'"' for i in range(k)) + b"}"
         t2 = time.perf_counter()
-        check(pg.exec_prepared(b"complete", [worker, ids, gens, results]))
+        check(pg.exec_prepared(b"complete", [worker, ids, gens, results, tids]))
         t3 = time.perf_counter()
         claim += t1 - t0
         complete += t3 - t2

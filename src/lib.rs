@@ -17,6 +17,7 @@ pub mod migrate;
 pub mod percent;
 pub mod sql;
 pub mod telemetry;
+pub mod tid;
 pub mod trace;
 pub mod traceparent;
 pub mod worker;

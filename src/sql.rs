@@ -167,13 +167,18 @@ pub const GENERIC_PLANS: &str = "set plan_cache_mode = force_generic_plan";
 /// one of them, which after 100,000 claims is hundreds of index pages per claim. The
 /// worker starts where its last claim started, and from the beginning whenever rows may
 /// sit before that (see `ClaimStarts`).
+///
+/// The update finds the rows it locked by their physical address (`ctid`), which the
+/// lock keeps in place until the statement ends, instead of by a lookup in the primary
+/// key; it returns the claimed row's new address last, so that the settle can find it
+/// the same way (see [`COMPLETE`]).
 pub const CLAIM: &str = "
 with c as (
-    select x.id
+    select x.ctid
     from unnest($2::text[], $6::int[], $7::timestamptz[], $8::uuid[])
          as q(name, priority, run_at, id),
     lateral (
-        select e.id, e.priority, e.run_at
+        select e.ctid, e.priority, e.run_at, e.id
         from pgconductor._private_executions e
         where e.queue = q.name and e.status = 'pending' and e.run_at <= now()
           and (e.priority, e.run_at, e.id)
@@ -199,31 +204,49 @@ set status = 'running',
     -- the cryptographic one per row, which cost more than a tenth of a claim.
     attempt_span_id = lpad(to_hex(((random() * 4294967295)::bigint << 32)
                                   | ((random() * 4294967294)::bigint + 1)), 16, '0')
--- `= any(array(…))` keeps the plan an index lookup per claimed row; a join with the CTE
--- can turn into a hash join over the whole table.
-where e.id = any(array(select id from c))
+-- `= any(array(…))` keeps the plan a fetch per claimed row; a join with the CTE can turn
+-- into a hash join over the whole table.
+where e.ctid = any(array(select ctid from c))
 returning e.id, e.queue, e.task_key, e.payload::text, e.attempts, e.max_attempts,
           case when jsonb_typeof(e.trace_context -> 'traceparent') = 'string'
                then e.trace_context ->> 'traceparent' end,
           e.lease_generation, e.attempt_span_id, e.parent_execution_id,
           e.priority, e.run_at,
           case when jsonb_typeof(e.trace_context -> 'tracestate') = 'string'
-               then e.trace_context ->> 'tracestate' end";
+               then e.trace_context ->> 'tracestate' end,
+          e.ctid";
 
 /// Settle completed attempts: `$2` ids, `$3` generations, `$4` results (JSON text or
-/// null), and wake `--wait`ers when any was settled. One row: the array of the ids it
-/// settled (null when none; the others had lost their lease).
+/// null), `$5` the row addresses their claims returned (null when unknown), and wake
+/// `--wait`ers when any was settled. One row: the array of the ids it settled (null when
+/// none; the others had lost their lease).
+///
+/// Each row is looked for at its address first: a fetch of one heap page instead of a
+/// descent of the primary key. A row that moved since its claim (a lease renewal or a
+/// cancel request wrote a new version) is found by id instead. The fencing conditions
+/// are the same on both paths, and the second skips the rows the first settled.
 pub const COMPLETE: &str = "
-with upd as (
+with by_address as (
+    update pgconductor._private_executions e
+    set status = 'completed', result = v.result::jsonb, finished_at = now(),
+        locked_by = null, locked_until = null
+    from unnest($2::uuid[], $3::int[], $4::text[], $5::tid[]) as v(id, generation, result, tid)
+    where e.ctid = v.tid and e.id = v.id and e.locked_by = $1 and e.lease_generation = v.generation
+    returning e.id
+), by_id as (
     update pgconductor._private_executions e
     set status = 'completed', result = v.result::jsonb, finished_at = now(),
         locked_by = null, locked_until = null
     from unnest($2::uuid[], $3::int[], $4::text[]) as v(id, generation, result)
-    where e.id = v.id and e.locked_by = $1 and e.lease_generation = v.generation
+    -- Only when some were not where their claim left them (a test made once).
+    where (select count(*) from by_address) < cardinality($2::uuid[])
+      and e.id = v.id and e.locked_by = $1 and e.lease_generation = v.generation
+      and v.id not in (select id from by_address)
     returning e.id
 )
 select s.ids, case when s.ids is not null then pg_notify('pgconductor_finished', '') end::text
-from (select array_agg(id) as ids from upd) s";
+from (select array_agg(id) as ids
+      from (select id from by_address union all select id from by_id) u) s";
 
 /// Of the executions `$1` with lease generations `$2`, those completed under that
 /// generation: a completions batch sent again after an error asks this of the ones it

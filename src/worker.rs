@@ -56,6 +56,7 @@ use crate::handler::{Job, Outcome, SharedHandler};
 use crate::idmap::{FastMap, FastSet};
 use crate::sql;
 use crate::telemetry::TelemetryEvent;
+use crate::tid::Tid;
 use crate::traceparent::{SpanId, TraceFlags, TraceParent, new_trace_id};
 
 /// How a worker runs.
@@ -335,6 +336,8 @@ type Key = (Uuid, i32);
 
 struct InFlight {
     task: String,
+    /// Where the claim left the execution's row (see [`Tid`]).
+    tid: Option<Tid>,
     queue: Arc<str>,
     attempt: i32,
     stop: CancellationToken,
@@ -344,6 +347,8 @@ struct InFlight {
 
 struct Done {
     id: Uuid,
+    /// Where the claim left the execution's row, when known (see [`Tid`]).
+    tid: Option<Tid>,
     /// `pgc cancel` asked to stop it (a `Stopped` outcome then settles as cancelled).
     cancelled: bool,
     generation: i32,
@@ -933,6 +938,7 @@ pub async fn run(
                             let Some(f) = inflight.get(&(id, generation)) else { return };
                             Done {
                                 id,
+                                tid: f.tid,
                                 cancelled: false,
                                 generation,
                                 task: f.task.clone(),
@@ -979,6 +985,7 @@ pub async fn run(
                                 unsettled += 1;
                                 let _ = settle_tx.send(Done {
                                     id,
+                                    tid: None,
                                     cancelled: true,
                                     generation,
                                     task: row.try_get(2).unwrap_or_default(),
@@ -1503,6 +1510,7 @@ fn start(
     let generation: i32 = row.try_get(7)?;
     let span: String = row.try_get(8)?;
     let parent_execution_id: Option<Uuid> = row.try_get(9)?;
+    let tid: Option<Tid> = row.try_get(13)?;
     let producer = stored_traceparent.and_then(|s| TraceParent::parse(s).ok());
     let span_id = SpanId::from_hex(&span).unwrap_or(SpanId::INVALID);
     let (traceparent, tracestate) = attempt_context(producer.as_ref(), stored_tracestate, span_id);
@@ -1541,6 +1549,7 @@ fn start(
         };
         Done {
             id,
+            tid,
             cancelled: false,
             generation,
             task: task_name,
@@ -1557,6 +1566,7 @@ fn start(
         spawned.id(),
         InFlight {
             task,
+            tid,
             queue: queue_name,
             attempt,
             stop,
@@ -1605,7 +1615,7 @@ async fn settle_all(
     let mut held: Vec<Event> = Vec::new();
     let mut events = |e: Event| held.push(e);
     let mut next_retry: Option<Duration> = None;
-    let mut complete = (Vec::new(), Vec::new(), Vec::new());
+    let mut complete = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut cancelled = (Vec::new(), Vec::new());
     let mut fail: FailBatch = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut release = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -1614,6 +1624,7 @@ async fn settle_all(
             Outcome::Completed(result) => {
                 complete.0.push(d.id);
                 complete.1.push(d.generation);
+                complete.3.push(d.tid);
                 // A result jsonb cannot store (\u0000, numbers outside numeric) would fail
                 // the whole batch: it is not stored, like stdout that is not JSON.
                 complete
@@ -1684,7 +1695,13 @@ async fn settle_all(
     let mut finished_other = false;
     let mut settled: FastSet<Uuid> = FastSet::default();
     if !complete.0.is_empty() {
-        let params: [&(dyn ToSql + Sync); 4] = [&worker_id, &complete.0, &complete.1, &complete.2];
+        let params: [&(dyn ToSql + Sync); 5] = [
+            &worker_id,
+            &complete.0,
+            &complete.1,
+            &complete.2,
+            &complete.3,
+        ];
         let rows = if single {
             session.query_in_transaction(sql::COMPLETE, &params).await?
         } else {

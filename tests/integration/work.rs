@@ -1173,8 +1173,12 @@ async fn a_completion_sent_again_after_its_commit_is_found_completed_under_its_l
         async move {
             let generations = vec![3; ids.len()];
             let results: Vec<Option<String>> = vec![Some("{\"n\": 1}".into()); ids.len()];
+            let tids: Vec<Option<pgc::tid::Tid>> = vec![None; ids.len()];
             let row = client
-                .query_one(pgc::sql::COMPLETE, &[&worker, &ids, &generations, &results])
+                .query_one(
+                    pgc::sql::COMPLETE,
+                    &[&worker, &ids, &generations, &results, &tids],
+                )
                 .await
                 .unwrap();
             let settled: Vec<Uuid> = row.get::<_, Option<Vec<Uuid>>>(0).unwrap_or_default();
@@ -1221,5 +1225,140 @@ async fn a_completion_sent_again_after_its_commit_is_found_completed_under_its_l
     assert_eq!(
         row.get::<_, Option<String>>(2).as_deref(),
         Some("{\"n\": 1}")
+    );
+}
+
+/// A settle finds each row at the address its claim returned, and by id when the row
+/// has moved since (a lease renewal writes a new version); an address that holds some
+/// other row, or a stale generation, settles nothing.
+#[tokio::test]
+async fn completions_find_rows_at_their_claimed_address_or_by_id_once_moved() {
+    let db = TestDb::migrated().await;
+    let ids: Vec<Uuid> = (0..3).map(|_| enqueue(&db, &["addr"])).collect();
+    let client = db.client().await;
+    let worker = Uuid::new_v4();
+    let none: Vec<Option<i32>> = vec![None];
+    let no_time: Vec<Option<chrono::DateTime<chrono::Utc>>> = vec![None];
+    let no_id: Vec<Option<Uuid>> = vec![None];
+    let rows = client
+        .query(
+            pgc::sql::CLAIM,
+            &[
+                &worker,
+                &vec!["default".to_string()],
+                &10i64,
+                &None::<Vec<String>>,
+                &60.0f64,
+                &none,
+                &no_time,
+                &no_id,
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 3);
+    let claimed: std::collections::HashMap<Uuid, (i32, pgc::tid::Tid)> = rows
+        .iter()
+        .map(|r| (r.get(0), (r.get(7), r.get(13))))
+        .collect();
+    let address = |id: Uuid| {
+        let client = &client;
+        async move {
+            client
+                .query_one(
+                    "select ctid from pgconductor._private_executions where id = $1",
+                    &[&id],
+                )
+                .await
+                .unwrap()
+                .get::<_, pgc::tid::Tid>(0)
+        }
+    };
+    for id in &ids {
+        assert_eq!(
+            address(*id).await,
+            claimed[id].1,
+            "the claim returns the new address"
+        );
+    }
+    // The second one's lease is renewed: a new version at a new address.
+    let (a, b, c) = (ids[0], ids[1], ids[2]);
+    client
+        .execute(
+            pgc::sql::RENEW,
+            &[&worker, &vec![b], &vec![claimed[&b].0], &60.0f64],
+        )
+        .await
+        .unwrap();
+    assert_ne!(address(b).await, claimed[&b].1);
+    let complete = |ids: Vec<Uuid>, generations: Vec<i32>, tids: Vec<Option<pgc::tid::Tid>>| {
+        let client = &client;
+        async move {
+            let results: Vec<Option<String>> = vec![None; ids.len()];
+            let mut settled: Vec<Uuid> = client
+                .query_one(
+                    pgc::sql::COMPLETE,
+                    &[&worker, &ids, &generations, &results, &tids],
+                )
+                .await
+                .unwrap()
+                .get::<_, Option<Vec<Uuid>>>(0)
+                .unwrap_or_default();
+            settled.sort();
+            settled
+        }
+    };
+    // c at a's address and a at c's: the rows there are not theirs, so they are
+    // looked up by id; with a stale generation, nothing settles.
+    let swapped = vec![Some(claimed[&c].1), Some(claimed[&a].1)];
+    assert_eq!(
+        complete(
+            vec![a, c],
+            vec![claimed[&a].0 - 1, claimed[&c].0 - 1],
+            swapped
+        )
+        .await,
+        Vec::<Uuid>::new()
+    );
+    let mut all = vec![a, b, c];
+    all.sort();
+    assert_eq!(
+        complete(
+            vec![a, b, c],
+            vec![claimed[&a].0, claimed[&b].0, claimed[&c].0],
+            vec![
+                Some(claimed[&a].1),
+                Some(claimed[&b].1),
+                Some(claimed[&c].1)
+            ],
+        )
+        .await,
+        all,
+        "a and c at their addresses, b by id"
+    );
+    let statuses: Vec<String> = client
+        .query(
+            "select status from pgconductor._private_executions where id = any($1)",
+            &[&all],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(statuses, vec!["completed"; 3]);
+    // Settled once: sent again, nothing settles.
+    assert_eq!(
+        complete(
+            vec![a, b, c],
+            vec![claimed[&a].0, claimed[&b].0, claimed[&c].0],
+            vec![
+                Some(claimed[&a].1),
+                Some(claimed[&b].1),
+                Some(claimed[&c].1)
+            ],
+        )
+        .await,
+        Vec::<Uuid>::new()
     );
 }
