@@ -168,10 +168,14 @@ pub const GENERIC_PLANS: &str = "set plan_cache_mode = force_generic_plan";
 /// worker starts where its last claim started, and from the beginning whenever rows may
 /// sit before that (see `ClaimStarts`).
 ///
-/// The update finds the rows it locked by their physical address (`ctid`), which the
-/// lock keeps in place until the statement ends, instead of by a lookup in the primary
-/// key; it returns the claimed row's new address last, so that the settle can find it
-/// the same way (see [`COMPLETE`]).
+/// The update finds the rows it locked by their physical address (`ctid`) instead of by
+/// a lookup in the primary key, and returns each claimed row's new address last, so that
+/// the settle can find it the same way (see [`COMPLETE`]). One case is left out: a row
+/// that another session changed after this statement's snapshot and before its lock,
+/// and that is still due, is locked at an address the snapshot does not see, so it is
+/// not claimed now but by the next claim. In pgc only [`UNCLAIM`] does that, and it
+/// wakes the workers of the queue. (Finding such rows again by id, in the same
+/// statement, cost more than the addresses save.)
 pub const CLAIM: &str = "
 with c as (
     select x.ctid
@@ -202,8 +206,8 @@ set status = 'running',
     -- 16 random hex digits, never all zeros (the low half is at least 1). random() is
     -- the backend's own generator, seeded from a strong source; gen_random_uuid() asks
     -- the cryptographic one per row, which cost more than a tenth of a claim.
-    attempt_span_id = lpad(to_hex(((random() * 4294967295)::bigint << 32)
-                                  | ((random() * 4294967294)::bigint + 1)), 16, '0')
+    attempt_span_id = encode(int8send(((random() * 4294967295)::bigint << 32)
+                                      | ((random() * 4294967294)::bigint + 1)), 'hex')
 -- `= any(array(…))` keeps the plan a fetch per claimed row; a join with the CTE can turn
 -- into a hash join over the whole table.
 where e.ctid = any(array(select ctid from c))
@@ -479,14 +483,23 @@ set span_id = excluded.span_id, status = excluded.status, output = excluded.outp
     finished_at = excluded.finished_at";
 
 /// Give back executions a worker claimed ahead (`--prefetch`) but never started: `$2`
-/// ids, `$3` generations. No attempt was used and none is recorded.
+/// ids, `$3` generations. No attempt was used and none is recorded. Their queues are
+/// notified, as after an enqueue: idle workers take them at once, and a claim that
+/// locked one of them while it was being given back (see [`CLAIM`]) is followed by
+/// another.
 pub const UNCLAIM: &str = "
-update pgconductor._private_executions e
-set status = 'pending', attempts = e.attempts - 1, locked_by = null, locked_until = null,
-    attempt_span_id = null, started_at = null
-from unnest($2::uuid[], $3::int[]) as v(id, generation)
-where e.id = v.id and e.locked_by = $1 and e.lease_generation = v.generation
-returning e.id";
+with upd as (
+    update pgconductor._private_executions e
+    set status = 'pending', attempts = e.attempts - 1, locked_by = null, locked_until = null,
+        attempt_span_id = null, started_at = null
+    from unnest($2::uuid[], $3::int[]) as v(id, generation)
+    where e.id = v.id and e.locked_by = $1 and e.lease_generation = v.generation
+    returning e.id, e.queue
+), woken as (
+    select count(pg_notify('pgconductor_enqueued', q.queue))
+    from (select distinct queue from upd) q
+)
+select u.id from upd u, woken";
 
 // ---------------------------------------------------------------------------------------
 // Trace inspection (`pgc trace`): read in one repeatable-read snapshot, so an attempt

@@ -1121,8 +1121,33 @@ async fn prefetched_executions_run_once_and_are_given_back_unused_at_shutdown() 
         || async { started.exists() },
     )
     .await;
+    // Given back, they wake the queue's idle workers as an enqueue would.
+    let (listener, mut conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(Ok(msg)) = futures_util::StreamExt::next(&mut messages).await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = msg {
+                let _ = tx.send((n.channel().to_string(), n.payload().to_string()));
+            }
+        }
+    });
+    listener
+        .batch_execute("listen pgconductor_enqueued")
+        .await
+        .unwrap();
     signal(&w, nix::sys::signal::Signal::SIGTERM);
     assert!(w.wait().unwrap().success());
+    let woken = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("no notification within 10 s of the worker's exit")
+        .unwrap();
+    assert_eq!(
+        woken,
+        ("pgconductor_enqueued".to_string(), "default".to_string())
+    );
     let client = db.client().await;
     let r = client
         .query_one(
