@@ -7,22 +7,23 @@
 # against `xargs -P 8` spawning `true` M times, and the worker's resident memory while it
 # runs 64 `sleep` handlers at once.
 # Usage: bench/work.sh [N] [M]   (default 200000 20000). graphile-worker needs the set-up
-# line at the top of its run.sh; it is skipped when it is not installed.
+# line at the top of its run.sh; it is skipped when it is not installed. Each of the three
+# throughput runs starts right after a CHECKPOINT (see common.sh).
 source "$(dirname "$0")/common.sh"
 N=${1:-200000}; M=${2:-20000}
 shared=${SHARED_BENCH:-../shared/bench}
 build_release
 trap drop_db EXIT
 
-echo "== SQL floor"; PGDATABASE=postgres bash "$shared/sql-floor.sh" "$N"
+echo "== SQL floor"; checkpoint; PGDATABASE=postgres bash "$shared/sql-floor.sh" "$N"
 gw=${GW_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/pgc-bench/gw}
 if [ -d "$gw/node_modules/graphile-worker" ]; then
-  echo "== graphile-worker"; bash "$shared/graphile-worker/run.sh" "$N" 2
+  echo "== graphile-worker"; checkpoint; bash "$shared/graphile-worker/run.sh" "$N" 2
 else
   echo "== graphile-worker: not installed (see $shared/graphile-worker/run.sh)"
 fi
 echo "== pgc bench"
-fresh_db
+fresh_db; checkpoint
 DATABASE_URL="$BENCH_URL" "$PGC" bench --jobs "$N" --json 2>/dev/null; echo
 
 echo "== command handlers: $M tasks of \`true\`, concurrency 8"
