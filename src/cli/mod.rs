@@ -200,7 +200,14 @@ where
             Ok(code) => code,
             Err(e) => report(&e),
         };
-        telemetry::finish_process().await;
+        if work::unless_signalled(telemetry::finish_process())
+            .await
+            .is_none()
+        {
+            output::warn(
+                "telemetry: stopped by a signal; log records not yet exported are dropped",
+            );
+        }
         Ok(code)
     })
 }

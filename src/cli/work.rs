@@ -186,8 +186,13 @@ pub async fn run(global: &GlobalArgs, args: WorkArgs) -> Result<ExitCode> {
     let report = worker::run(&conn, opts, handlers, shutdown, events).await;
     bar.finish_and_clear();
     // Every span out before the worker exits, on every path (signals included: the
-    // worker returns after a graceful or an immediate stop).
-    telemetry.finish().await;
+    // worker returns after a graceful or an immediate stop), unless a signal comes
+    // while they are sent (a collector that does not answer would hold the exit for an
+    // export timeout).
+    exiting();
+    if unless_signalled(telemetry.finish()).await.is_none() {
+        warn("telemetry: stopped by a signal; spans and metrics not yet exported are dropped");
+    }
     let report = report?;
     if args.until_empty {
         info(&format!(
@@ -354,11 +359,19 @@ fn round(d: Duration) -> Duration {
     Duration::from_secs(d.as_secs().max(1))
 }
 
-/// First SIGINT/SIGTERM: graceful shutdown; second: stop handlers at once.
+/// SIGINT/SIGTERM received so far, once [`spawn_signal_handler`] has taken them over
+/// (the process then no longer dies of them).
+static SIGNALS: std::sync::OnceLock<tokio::sync::watch::Sender<u32>> = std::sync::OnceLock::new();
+
+/// First SIGINT/SIGTERM: graceful shutdown; second: stop handlers at once. Every one is
+/// counted in [`SIGNALS`], for [`unless_signalled`].
 fn spawn_signal_handler(shutdown: Shutdown) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
+    let signals = SIGNALS
+        .get_or_init(|| tokio::sync::watch::channel(0).0)
+        .clone();
     tokio::spawn(async move {
         let mut count = 0;
         loop {
@@ -367,6 +380,7 @@ fn spawn_signal_handler(shutdown: Shutdown) -> Result<()> {
                 _ = term.recv() => {}
             }
             count += 1;
+            signals.send_replace(count);
             if count == 1 {
                 shutdown.graceful.cancel();
             } else {
@@ -375,4 +389,32 @@ fn spawn_signal_handler(shutdown: Shutdown) -> Result<()> {
         }
     });
     Ok(())
+}
+
+/// [`SIGNALS`] when the worker's loop ended and the process began to exit.
+static EXIT_FROM: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// Marks the start of the exit: from here on a signal stops what is left to do.
+fn exiting() {
+    if let Some(signals) = SIGNALS.get() {
+        EXIT_FROM.get_or_init(|| *signals.borrow());
+    }
+}
+
+/// Runs `f` to its end, or until a SIGINT/SIGTERM arrives during the exit (`None`; at
+/// once when one already did), when `pgc work` has taken the signals over: the exports
+/// at exit would otherwise outlast a signal that can no longer end the process.
+pub(super) async fn unless_signalled<F: std::future::Future>(f: F) -> Option<F::Output> {
+    let Some(signals) = SIGNALS.get() else {
+        return Some(f.await);
+    };
+    let mut rx = signals.subscribe();
+    let from = EXIT_FROM
+        .get()
+        .copied()
+        .unwrap_or_else(|| *rx.borrow_and_update());
+    tokio::select! {
+        out = f => Some(out),
+        _ = rx.wait_for(|n| *n > from) => None,
+    }
 }

@@ -433,6 +433,77 @@ async fn a_worked_trace_exported_live_agrees_span_for_span_with_its_rebuild() {
     assert_eq!(live, shape, "live spans and the rebuild differ");
 }
 
+/// The worker's exports at exit wait at most the export timeout for a collector that
+/// does not answer; a signal then stops them at once, and the exit code is the work's.
+#[tokio::test]
+async fn a_signal_stops_the_worker_s_exports_at_exit() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    let db = TestDb::migrated().await;
+    let out = run(db.pgc().env("OTEL_SDK_DISABLED", "true"), &["enqueue", "t"]);
+    let id = Uuid::parse_str(out.ok().stdout.trim()).unwrap();
+    let mut worker = db
+        .pgc()
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+        .env("OTEL_EXPORTER_OTLP_TIMEOUT", "120000")
+        .args(["work", "--until-empty", "--", "true"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client = db.client().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let status: String = client
+            .query_one(
+                "select status from pgconductor._private_executions where id = $1",
+                &[&id],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if status == "completed" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never completed");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Drained, it now waits on the collector (two minutes at most). A signal that
+    // arrives before the worker has left its loop stops it gracefully, and then a
+    // second one stops the exports.
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(worker.id()).unwrap());
+    let mut code = None;
+    for _ in 0..2 {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+        let waited = std::time::Instant::now();
+        while code.is_none() && waited.elapsed() < std::time::Duration::from_secs(10) {
+            code = worker.try_wait().unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        if code.is_some() {
+            break;
+        }
+    }
+    let Some(code) = code else {
+        let _ = worker.kill();
+        let _ = worker.wait();
+        panic!("the worker did not exit after two signals");
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut worker.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(code.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("telemetry: stopped by a signal"),
+        "{stderr}"
+    );
+}
+
 #[tokio::test]
 async fn a_collector_that_never_answers_costs_a_warning_not_the_work() {
     // Accepts connections and reads, never answers.
