@@ -80,10 +80,21 @@ pub fn log_line(level: &str, text: &str, ctx: &LogContext<'_>) {
             "error" => "error: ",
             _ => "",
         };
-        eprintln!("pgc: {prefix}{text}");
+        stderr_line(&format!("pgc: {prefix}{text}"));
         return;
     }
-    eprintln!("{}", json_line(level, &text, ctx));
+    stderr_line(&json_line(level, &text, ctx));
+}
+
+/// Writes one line on stderr, and nothing when stderr cannot be written (its reader
+/// went away, a full disk): a log line that cannot be written must not stop the work it
+/// reports on (`eprintln!` panics then, which left a worker hung).
+pub fn stderr_line(line: &str) {
+    use std::io::Write;
+    let mut err = std::io::stderr().lock();
+    let _ = err
+        .write_all(line.as_bytes())
+        .and_then(|()| err.write_all(b"\n"));
 }
 
 /// One JSON log line (see [`log_line`]).

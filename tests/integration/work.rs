@@ -1387,3 +1387,46 @@ async fn completions_find_rows_at_their_claimed_address_or_by_id_once_moved() {
         Vec::<Uuid>::new()
     );
 }
+
+/// A log line that cannot be written (stderr's reader went away) costs the line, not
+/// the work: the worker goes on, settles, and exits with the work's code.
+#[tokio::test]
+async fn a_worker_whose_stderr_reader_went_away_still_finishes_its_work() {
+    let db = TestDb::migrated().await;
+    let failing = enqueue(&db, &["loud", "--max-attempts", "2"]);
+    let fine = enqueue(&db, &["quiet"]);
+    let mut w = db
+        .pgc()
+        .args([
+            "work",
+            "--until-empty",
+            "--retry-delay",
+            "10ms",
+            "--handler",
+            "loud=echo oops >&2; exit 1",
+            "--handler",
+            "quiet=echo done >&2",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the read end before the worker writes anything.
+    drop(w.stderr.take());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = w.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            let _ = w.kill();
+            let _ = w.wait();
+            panic!("the worker did not finish within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.code(), Some(1), "one execution failed");
+    let (failed, done) = (row(&db, failing).await, row(&db, fine).await);
+    assert_eq!((failed.status.as_str(), failed.attempts), ("failed", 2));
+    assert_eq!(done.status, "completed");
+}

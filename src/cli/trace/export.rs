@@ -5,7 +5,7 @@
 use anyhow::Result;
 use opentelemetry_sdk::trace::SpanExporter as _;
 
-use crate::cli::output::{StdoutClosed, info, warn};
+use crate::cli::output::{StdoutClosed, info, stderr_line, warn};
 use crate::telemetry::otel;
 use crate::trace::{self, Resource, Trace};
 
@@ -23,7 +23,7 @@ pub(super) async fn print_with_stdout_exporter(trace: &Trace, resource: &Resourc
             .downcast_ref::<String>()
             .is_some_and(|m| m.contains("failed printing to stdout"));
         if !closed {
-            eprintln!("pgc: internal error: {info}");
+            stderr_line(&format!("pgc: internal error: {info}"));
         }
     }));
     let outcome = tokio::spawn(async move { exporter.export(batch).await }).await;
