@@ -465,10 +465,14 @@ returning e.id";
 // ---------------------------------------------------------------------------------------
 // Steps (`pgc step NAME -- COMMAND`): memoized per execution.
 
-/// The stored output of step `$2` of execution `$1`, if it completed in any attempt.
+/// One row: whether execution `$1` exists, whether its step `$2` completed in any
+/// attempt, and then that run's stored output and exit code.
 pub const STEP_COMPLETED: &str = "
-select output, exit_code from pgconductor._private_steps
-where execution_id = $1 and name = $2 and status = 'completed'";
+select exists (select 1 from pgconductor._private_executions where id = $1),
+       s.execution_id is not null, s.output, s.exit_code
+from (select 1) one
+left join pgconductor._private_steps s
+    on s.execution_id = $1 and s.name = $2 and s.status = 'completed'";
 
 /// Record one run of a step: `$1` execution, `$2` attempt, `$3` name, `$4` span id,
 /// `$5` status (`completed`/`failed`), `$6` output (completed only), `$7` exit code,

@@ -625,7 +625,7 @@ pub async fn run(
     let (settle_tx, settle_rx) = tokio::sync::mpsc::unbounded_channel::<Done>();
     // Each settled batch: its size, and how soon the earliest retry in it is due.
     let (settled_tx, mut settled_rx) =
-        tokio::sync::mpsc::unbounded_channel::<(usize, Option<Duration>)>();
+        tokio::sync::mpsc::unbounded_channel::<(usize, Vec<Duration>)>();
     let settler = tokio::spawn(settler(
         Db::new(conn.clone(), None).with_telemetry(opts.telemetry.clone()),
         worker_id,
@@ -677,8 +677,9 @@ pub async fn run(
     let mut ahead = ClaimAhead::default();
     // Whether attempts keep what their live spans need.
     let traced = opts.telemetry.wants_spans();
-    // When a retry this worker scheduled falls due.
-    let mut retry_wake: Option<tokio::time::Instant> = None;
+    // When the retries this worker scheduled fall due (see `add_retry_wake`).
+    let mut retry_wakes: std::collections::BTreeSet<tokio::time::Instant> =
+        std::collections::BTreeSet::new();
     // Reasons to claim seen so far (enqueue notifications, polls, …).
     let mut wakes = 0u64;
     // Claims run by claimer tasks, each on a connection of its own, so that this loop
@@ -909,18 +910,21 @@ pub async fn run(
                     }
                 }
             }
-            Some((n, next_retry)) = settled_rx.recv() => {
+            Some((n, retries)) = settled_rx.recv() => {
                 unsettled = unsettled.saturating_sub(n);
-                // Claim again when the earliest retry is due, rather than at the next
-                // poll (a moment later, so that the server's clock has passed it too).
-                if let Some(d) = next_retry {
-                    let at = tokio::time::Instant::now() + d + RETRY_WAKE_MARGIN;
-                    retry_wake = Some(retry_wake.map_or(at, |w| w.min(at)));
+                // Claim again when each retry is due, rather than at the next poll (a
+                // moment later, so that the server's clock has passed it too).
+                let now = tokio::time::Instant::now();
+                for d in retries {
+                    add_retry_wake(&mut retry_wakes, now + d + RETRY_WAKE_MARGIN);
                 }
             }
-            () = async { if let Some(w) = retry_wake { tokio::time::sleep_until(w).await } },
-                if retry_wake.is_some() => {
-                retry_wake = None;
+            () = async { if let Some(w) = retry_wakes.first() { tokio::time::sleep_until(*w).await } },
+                if !retry_wakes.is_empty() => {
+                let now = tokio::time::Instant::now();
+                while retry_wakes.first().is_some_and(|w| *w <= now) {
+                    retry_wakes.pop_first();
+                }
                 want_claim = true;
                 wakes += 1;
                 starts.reset();
@@ -1409,7 +1413,7 @@ async fn settler(
     worker_id: Uuid,
     opts: WorkerOptions,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<Done>,
-    settled: tokio::sync::mpsc::UnboundedSender<(usize, Option<Duration>)>,
+    settled: tokio::sync::mpsc::UnboundedSender<(usize, Vec<Duration>)>,
     events: EventSink,
 ) -> Report {
     const MAX_BATCH: usize = 2000;
@@ -1593,13 +1597,28 @@ fn attempt_context(
     (tp.to_string(), tracestate)
 }
 
-/// How long after a retry's due time the worker claims it.
+/// How long after a retry's due time the worker claims it, at least.
 const RETRY_WAKE_MARGIN: Duration = Duration::from_millis(5);
+
+/// Retries due within this of a wake-up already planned share it.
+const RETRY_WAKE_SLACK: Duration = Duration::from_millis(10);
+
+/// Plans a claim at `at`, unless one is planned already at most [`RETRY_WAKE_SLACK`]
+/// after it: a batch of retries with jitter makes a few wake-ups, not one each, and
+/// none comes before its retry is due.
+fn add_retry_wake(
+    wakes: &mut std::collections::BTreeSet<tokio::time::Instant>,
+    at: tokio::time::Instant,
+) {
+    if wakes.range(at..=at + RETRY_WAKE_SLACK).next().is_none() {
+        wakes.insert(at);
+    }
+}
 
 /// Settles every finished attempt in `buf`, in one transaction: at most four statements
 /// (completed, failed, released, cancelled). On error nothing is settled and the buffer
 /// is kept for the next try (the caller rewinds the report; `again` tells that this is
-/// such a try). Returns how soon the earliest retry or release it scheduled is due.
+/// such a try). Returns how soon each retry or release it scheduled is due.
 async fn settle_all(
     session: &mut Session<'_>,
     worker_id: Uuid,
@@ -1608,13 +1627,13 @@ async fn settle_all(
     report: &mut Report,
     events: &EventSink,
     again: bool,
-) -> std::result::Result<Option<Duration>, tokio_postgres::Error> {
+) -> std::result::Result<Vec<Duration>, tokio_postgres::Error> {
     // What happened to each execution is told once the batch has committed: a batch
     // that fails and is sent again tells it once, after the try that settled it.
     let sink = events;
     let mut held: Vec<Event> = Vec::new();
     let mut events = |e: Event| held.push(e);
-    let mut next_retry: Option<Duration> = None;
+    let mut next_retry: Vec<Duration> = Vec::new();
     let mut complete = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut cancelled = (Vec::new(), Vec::new());
     let mut fail: FailBatch = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -1781,7 +1800,7 @@ async fn settle_all(
             let retry_in = (status == "pending")
                 .then(|| Duration::from_secs_f64(fail.4.get(pos).copied().unwrap_or(0.0)));
             if let Some(d) = retry_in {
-                next_retry = Some(next_retry.map_or(d, |n| n.min(d)));
+                next_retry.push(d);
                 retries.insert(id, d);
                 report.retried += 1;
             } else {
@@ -1827,7 +1846,7 @@ async fn settle_all(
             report.released += 1;
             if let Some(pos) = release.0.iter().position(|x| *x == id) {
                 let d = Duration::from_secs_f64(release.3.get(pos).copied().unwrap_or(0.0));
-                next_retry = Some(next_retry.map_or(d, |n| n.min(d)));
+                next_retry.push(d);
             }
             if let Some(d) = by_id.get(&id) {
                 let reason = match &d.outcome {
@@ -2037,6 +2056,21 @@ mod tests {
             run_at: chrono::DateTime::from_timestamp(secs, 0).unwrap_or_default(),
             id: Uuid::from_u128(id),
         }
+    }
+
+    #[test]
+    fn retry_wakes_close_together_share_one_never_earlier_than_due() {
+        let t0 = tokio::time::Instant::now();
+        let ms = Duration::from_millis;
+        let mut wakes = std::collections::BTreeSet::new();
+        add_retry_wake(&mut wakes, t0 + ms(100));
+        // Due 5 ms earlier: the planned wake-up is within the slack after it.
+        add_retry_wake(&mut wakes, t0 + ms(95));
+        // Due later than the planned one: a wake-up of its own.
+        add_retry_wake(&mut wakes, t0 + ms(101));
+        add_retry_wake(&mut wakes, t0 + ms(300));
+        let planned: Vec<Duration> = wakes.iter().map(|w| *w - t0).collect();
+        assert_eq!(planned, vec![ms(100), ms(101), ms(300)]);
     }
 
     #[test]

@@ -289,12 +289,19 @@ pub async fn run(global: &GlobalArgs, args: StepArgs) -> Result<ExitCode> {
 
     let mut client = connect(global).await?;
     migrate::check_schema(&client).await?;
-    let done = client
-        .query_opt(sql::STEP_COMPLETED, &[&here.execution_id, &args.name])
+    let row = client
+        .query_one(sql::STEP_COMPLETED, &[&here.execution_id, &args.name])
         .await
         .map_err(Error::from)?;
-    if let Some(row) = done {
-        let output: Option<Vec<u8>> = row.try_get(0).map_err(Error::from)?;
+    if !row.try_get::<_, bool>(0).map_err(Error::from)? {
+        return Err(outside(&format!(
+            "PGC_EXECUTION_ID names no execution in this database: {}",
+            here.execution_id
+        ))
+        .into());
+    }
+    if row.try_get::<_, bool>(1).map_err(Error::from)? {
+        let output: Option<Vec<u8>> = row.try_get(2).map_err(Error::from)?;
         write_stdout_bytes(output.as_deref().unwrap_or_default())?;
         return Ok(ExitCode::SUCCESS);
     }

@@ -43,7 +43,7 @@ pub struct WorkArgs {
 
     /// Stop a handler running longer than this (SIGTERM to its process group, SIGKILL
     /// after --kill-grace); the attempt fails with "timed out after …".
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_positive)]
     pub timeout: Option<Duration>,
 
     /// Between SIGTERM and SIGKILL when a handler is stopped.
@@ -111,6 +111,31 @@ fn parse_positive(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// Refuses a command after `--` that cannot be run, before anything is claimed: each
+/// execution would otherwise use up its attempts on it. A name without `/` is looked up
+/// in `PATH` as the handler's start will (execvp's default when `PATH` is unset).
+fn check_program(program: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let runnable = |p: &std::path::Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    let found = if program.contains('/') {
+        runnable(std::path::Path::new(program))
+    } else {
+        let path = std::env::var_os("PATH").unwrap_or_else(|| "/bin:/usr/bin".into());
+        std::env::split_paths(&path).any(|dir| runnable(&dir.join(program)))
+    };
+    if found || program.is_empty() {
+        return Ok(());
+    }
+    let why = if program.contains('/') {
+        "no such executable file"
+    } else {
+        "not found in PATH"
+    };
+    Err(Error::invalid(format!("cannot run the command after --: {program}: {why}")).into())
+}
+
 /// Runs `pgc work`.
 pub async fn run(global: &GlobalArgs, args: WorkArgs) -> Result<ExitCode> {
     for q in &args.queues {
@@ -138,6 +163,7 @@ pub async fn run(global: &GlobalArgs, args: WorkArgs) -> Result<ExitCode> {
     };
     let mut handlers = Handlers::new();
     if let Some((program, rest)) = args.command.split_first() {
+        check_program(program)?;
         handlers = handlers.fallback(make(Program::Direct {
             program: program.clone(),
             args: rest.to_vec(),
@@ -166,6 +192,7 @@ pub async fn run(global: &GlobalArgs, args: WorkArgs) -> Result<ExitCode> {
 
     let shutdown = Shutdown::default();
     spawn_signal_handler(shutdown.clone())?;
+    let signalled = shutdown.graceful.clone();
 
     let bar = if args.until_empty && std::io::stderr().is_terminal() {
         ProgressBar::new_spinner().with_style(
@@ -195,8 +222,13 @@ pub async fn run(global: &GlobalArgs, args: WorkArgs) -> Result<ExitCode> {
     }
     let report = report?;
     if args.until_empty {
+        let how = if signalled.is_cancelled() {
+            "stopped by a signal"
+        } else {
+            "queue drained"
+        };
         info(&format!(
-            "queue drained: {} completed, {} failed, {} retried, {} released",
+            "{how}: {} completed, {} failed, {} retried, {} released",
             report.completed,
             report.failed.len(),
             report.retried,
@@ -223,7 +255,7 @@ fn first_line(s: &str) -> &str {
 }
 
 fn short(id: &uuid::Uuid) -> String {
-    id.to_string().chars().take(8).collect()
+    crate::handler::command::short_id(id)
 }
 
 fn log_event(e: &Event, verbose: bool, bar: &ProgressBar, done: &AtomicU64) {
@@ -355,8 +387,13 @@ fn log_event(e: &Event, verbose: bool, bar: &ProgressBar, done: &AtomicU64) {
     }
 }
 
+/// A delay as log lines show it: milliseconds below a second, else whole seconds.
 fn round(d: Duration) -> Duration {
-    Duration::from_secs(d.as_secs().max(1))
+    if d < Duration::from_secs(1) {
+        Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    } else {
+        Duration::from_secs(d.as_secs() + u64::from(d.subsec_millis() >= 500))
+    }
 }
 
 /// SIGINT/SIGTERM received so far, once [`spawn_signal_handler`] has taken them over
@@ -416,5 +453,31 @@ pub(super) async fn unless_signalled<F: std::future::Future>(f: F) -> Option<F::
     tokio::select! {
         out = f => Some(out),
         _ = rx.wait_for(|n| *n > from) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_show_in_milliseconds_below_a_second_else_in_whole_seconds() {
+        let ms = Duration::from_millis;
+        assert_eq!(
+            humantime::format_duration(round(ms(80))).to_string(),
+            "80ms"
+        );
+        assert_eq!(
+            humantime::format_duration(round(ms(1_400))).to_string(),
+            "1s"
+        );
+        assert_eq!(
+            humantime::format_duration(round(ms(1_600))).to_string(),
+            "2s"
+        );
+        assert_eq!(
+            humantime::format_duration(round(ms(125_000))).to_string(),
+            "2m 5s"
+        );
     }
 }

@@ -224,10 +224,19 @@ fn json_fields(job: &Job) -> String {
     format!(",{}", object.get(1..object.len() - 1).unwrap_or_default())
 }
 
-/// The default stderr prefix: `[<task> <first 8 characters of the execution id>] `.
+/// The default stderr prefix: `[<task> <short id>] ` (see [`short_id`]).
 pub fn default_stderr_prefix(job: &Job) -> String {
-    let id = job.execution_id.simple().to_string();
-    format!("[{} {}] ", job.task, id.get(..8).unwrap_or(&id))
+    format!("[{} {}] ", job.task, short_id(&job.execution_id))
+}
+
+/// The last 8 hex digits of an execution id, as log lines show it. Execution ids are
+/// UUID v7: their first digits are the time of the enqueue, the same for every execution
+/// enqueued within about a minute, while the last ones are random.
+pub fn short_id(id: &uuid::Uuid) -> String {
+    let id = id.simple().to_string();
+    id.get(id.len().saturating_sub(8)..)
+        .unwrap_or(&id)
+        .to_string()
 }
 
 impl CommandHandler {
@@ -783,6 +792,13 @@ mod tests {
     /// Upper bound proving a run does not hang; not a timing assertion.
     const NO_HANG: Duration = Duration::from_secs(10);
 
+    #[test]
+    fn log_lines_name_an_execution_by_the_random_end_of_its_id() {
+        let j = job("{}");
+        assert_eq!(short_id(&j.execution_id), "c3d4e5f6");
+        assert_eq!(default_stderr_prefix(&j), "[email.send c3d4e5f6] ");
+    }
+
     fn job(payload: &str) -> Job {
         Job {
             execution_id: Uuid::parse_str("0192f0c1-2b3c-7d4e-8f90-a1b2c3d4e5f6").expect("uuid"),
@@ -1222,7 +1238,7 @@ mod tests {
         let text = String::from_utf8(buf.lock().expect("lock").clone()).expect("utf-8");
         assert_eq!(
             text,
-            "[email.send 0192f0c1] one\n[email.send 0192f0c1] two\u{FFFD}\n[email.send 0192f0c1] partial\n"
+            "[email.send c3d4e5f6] one\n[email.send c3d4e5f6] two\u{FFFD}\n[email.send c3d4e5f6] partial\n"
         );
     }
 

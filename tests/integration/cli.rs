@@ -92,6 +92,30 @@ fn bad_input_is_refused_before_connecting() {
 }
 
 #[test]
+fn a_worker_command_that_cannot_run_is_refused_before_connecting() {
+    let unreachable = "postgres://nobody@127.0.0.1:1/none";
+    for (args, expected) in [
+        (
+            &["work", "--", "pgc-no-such-command"][..],
+            "cannot run the command after --: pgc-no-such-command: not found in PATH",
+        ),
+        (
+            &["work", "--", "./no/such/file"][..],
+            "cannot run the command after --: ./no/such/file: no such executable file",
+        ),
+        (
+            &["work", "--timeout", "0s", "--", "true"][..],
+            "\"0s\" is too short (at least 10ms)",
+        ),
+    ] {
+        let out = run(pgc_cmd().env("DATABASE_URL", unreachable), args);
+        assert_eq!(out.code, 2, "{args:?}: {}", out.stderr);
+        assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+        assert!(out.stderr.contains(expected), "{args:?}: {}", out.stderr);
+    }
+}
+
+#[test]
 fn a_closed_stdout_is_not_an_error() {
     use std::process::Stdio;
     let mut child = pgc_cmd()

@@ -88,6 +88,33 @@ fn one_error_line(out: &Run, needle: &str) {
     assert!(out.stderr.contains(needle), "{}", out.stderr);
 }
 
+/// An execution id that names nothing (a made-up or stale PGC_EXECUTION_ID) is refused
+/// before the command runs, and nothing is recorded.
+#[tokio::test]
+async fn a_step_of_an_execution_that_does_not_exist_is_refused() {
+    let db = TestDb::migrated().await;
+    let id = Uuid::now_v7();
+    let ran = marker(id, "ghost");
+    let out = run(
+        &mut in_handler(&db, id, 1),
+        &[
+            "step",
+            "ghost",
+            "--",
+            "sh",
+            "-c",
+            &format!("echo x >> {}", ran.display()),
+        ],
+    );
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    one_error_line(
+        &out,
+        &format!("PGC_EXECUTION_ID names no execution in this database: {id}"),
+    );
+    assert!(!ran.exists(), "the command ran");
+    assert!(steps(&db, id).await.is_empty());
+}
+
 #[test]
 fn outside_a_handler_or_with_bad_input_it_exits_2_before_connecting() {
     // Nothing listens there: every check below happens before connecting.

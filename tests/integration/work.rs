@@ -545,6 +545,7 @@ async fn sigterm_releases_a_long_task_without_failing_it_and_exits_0() {
     let mut w = spawn_worker(
         &db,
         &[
+            "--until-empty",
             "--shutdown-timeout",
             "300ms",
             "--kill-grace",
@@ -562,6 +563,12 @@ async fn sigterm_releases_a_long_task_without_failing_it_and_exits_0() {
     signal(&w, nix::sys::signal::Signal::SIGTERM);
     let status = w.wait().unwrap();
     assert!(status.success(), "{status:?}");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut w.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(
+        stderr.contains("pgc: stopped by a signal: 0 completed, 0 failed, 0 retried, 1 released"),
+        "{stderr}"
+    );
     let r = row(&db, id).await;
     assert_eq!(r.status, "pending", "released, not failed");
     assert_eq!(r.attempts, 0, "the attempt was given back");
@@ -1429,4 +1436,52 @@ async fn a_worker_whose_stderr_reader_went_away_still_finishes_its_work() {
     let (failed, done) = (row(&db, failing).await, row(&db, fine).await);
     assert_eq!((failed.status.as_str(), failed.attempts), ("failed", 2));
     assert_eq!(done.status, "completed");
+}
+
+/// Each retry a worker schedules wakes it when due, not only the earliest of them: with
+/// polling set far off, three executions that fail once each (in separate settles, so
+/// with separate due times) all run again and the queue drains long before a poll.
+#[tokio::test]
+async fn every_retry_a_worker_schedules_wakes_it_when_due() {
+    let db = TestDb::migrated().await;
+    let dir = tempfile_dir("retry-wakes");
+    let ids: Vec<Uuid> = (0..3).map(|_| enqueue(&db, &["flaky"])).collect();
+    let handler = format!(
+        "flaky=f={}/$PGC_EXECUTION_ID; if [ -e $f ]; then exit 0; fi; touch $f; exit 1",
+        dir.display()
+    );
+    let started = Instant::now();
+    let out = run(
+        &mut db.pgc(),
+        &[
+            "work",
+            "--until-empty",
+            "--concurrency",
+            "1",
+            "--retry-delay",
+            "300ms",
+            "--poll-interval",
+            "60s",
+            "--handler",
+            &handler,
+        ],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the retries waited for a poll: {:?}",
+        started.elapsed()
+    );
+    for id in ids {
+        let r = row(&db, id).await;
+        assert_eq!((r.status.as_str(), r.attempts), ("completed", 2));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A fresh directory under the system's temporary one.
+fn tempfile_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("pgc-{name}-{}", Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
