@@ -765,6 +765,24 @@ fn parse_line<'a>(
     default_run_at: DateTime<Utc>,
 ) -> Result<Row<'a>> {
     let at = |e: Error| Error::invalid(format!("line {line_no}: {e}"));
+    // serde would read an array as the record's fields in order, and name the record's
+    // Rust type for a string or a number: say what a line must be instead.
+    if !text.trim_start().starts_with('{') {
+        let what = match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(serde_json::Value::Array(_)) => "an array",
+            Ok(serde_json::Value::String(_)) => "a string",
+            Ok(serde_json::Value::Number(_)) => "a number",
+            Ok(serde_json::Value::Bool(_)) => "a boolean",
+            Ok(_) => "null",
+            Err(e) => {
+                let e = describe_json_error(&e);
+                return Err(Error::invalid(format!("line {line_no}: {e}")));
+            }
+        };
+        return Err(Error::invalid(format!(
+            "line {line_no}: expected a JSON object with a \"task\", found {what}"
+        )));
+    }
     let line: Line<'a> = serde_json::from_str(text)
         .map_err(|e| Error::invalid(format!("line {line_no}: {}", describe_json_error(&e))))?;
     validate_name("task name", &line.task).map_err(at)?;

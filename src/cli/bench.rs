@@ -16,7 +16,7 @@ use crate::bench::{self, BenchOptions};
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
     /// Executions to enqueue and work.
-    #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 200_000, value_parser = super::parse_at_least_one::<u64>)]
     pub jobs: u64,
 
     /// Worker concurrency (in-process handlers).
@@ -24,7 +24,7 @@ pub struct BenchArgs {
     pub concurrency: u32,
 
     /// Sequential single enqueues for the latency figure.
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 1000, value_parser = super::parse_at_least_one::<u32>)]
     pub latency_samples: u32,
 
     /// Print JSON: enqueue_per_s, work_per_s, latency_ms {p50, p99, max}.

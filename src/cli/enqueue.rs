@@ -55,7 +55,7 @@ pub struct EnqueueArgs {
 
     /// Attempts before the execution is finished as failed (at least 1).
     #[arg(long, default_value_t = enqueue::DEFAULT_MAX_ATTEMPTS, allow_negative_numbers = true,
-          value_parser = clap::value_parser!(i32).range(1..))]
+          value_parser = super::parse_at_least_one::<i32>)]
     pub max_attempts: i32,
 
     /// While an unfinished execution of the same queue and task has this key, return its
@@ -92,7 +92,7 @@ pub struct EnqueueArgs {
     pub batch: Option<String>,
 
     /// With --batch: commit every N rows instead of once at the end.
-    #[arg(long, value_name = "N", requires = "batch", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", requires = "batch", value_parser = super::parse_at_least_one::<u64>)]
     pub commit_every: Option<u64>,
 }
 

@@ -235,6 +235,22 @@ fn report(e: &anyhow::Error) -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
+/// Parses a count flag that must be at least 1 (`--max-attempts`, `--jobs`, …), with a
+/// message that says so (clap's range names the type's maximum).
+fn parse_at_least_one<T>(s: &str) -> Result<T, String>
+where
+    T: std::str::FromStr<Err = std::num::ParseIntError> + PartialOrd + From<u8>,
+{
+    match s.trim().parse::<T>() {
+        Ok(n) if n >= T::from(1) => Ok(n),
+        Ok(_) => Err(format!("{s:?} is too small (at least 1)")),
+        Err(e) if *e.kind() == std::num::IntErrorKind::PosOverflow => {
+            Err(format!("{s:?} is too large"))
+        }
+        Err(_) => Err(format!("{s:?} is not a whole number (at least 1)")),
+    }
+}
+
 /// Parses a `--…` duration flag (`500ms`, `30s`, `5m`, `1h30m`): one parser, one message,
 /// and one bound (1000 years, [`crate::enqueue::MAX_DELAY`]) for every subcommand, so no
 /// flag can overflow a deadline computed from it.
@@ -259,4 +275,31 @@ fn parse_execution_id(s: &str) -> Result<uuid::Uuid, String> {
 async fn connect(global: &GlobalArgs) -> Result<tokio_postgres::Client, Error> {
     let opts = global.connect_options()?;
     Ok(opts.connect().await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_must_be_whole_numbers_of_at_least_one() {
+        assert_eq!(parse_at_least_one::<u64>("1"), Ok(1));
+        assert_eq!(parse_at_least_one::<i32>(" 12 "), Ok(12));
+        assert_eq!(
+            parse_at_least_one::<i32>("0"),
+            Err("\"0\" is too small (at least 1)".to_string())
+        );
+        assert_eq!(
+            parse_at_least_one::<i32>("-3"),
+            Err("\"-3\" is too small (at least 1)".to_string())
+        );
+        assert_eq!(
+            parse_at_least_one::<u32>("4294967296"),
+            Err("\"4294967296\" is too large".to_string())
+        );
+        assert_eq!(
+            parse_at_least_one::<u64>("1.5"),
+            Err("\"1.5\" is not a whole number (at least 1)".to_string())
+        );
+    }
 }

@@ -117,7 +117,15 @@ async fn a_malformed_line_is_named_and_nothing_is_written() {
         ("{\"task\":\"t\",\"max_attempts\":0}", "at least 1"),
         ("{\"task\":\"t\",\"run_at\":\"soon\"}", "RFC 3339"),
         ("{\"task\":\"t\",\"extra\":1}", "unknown field `extra`"),
-        ("[1,2]", "line 2"),
+        (
+            "[1,2]",
+            "expected a JSON object with a \"task\", found an array",
+        ),
+        (
+            "\"t\"",
+            "expected a JSON object with a \"task\", found a string",
+        ),
+        ("7", "found a number"),
     ] {
         let input = format!("{{\"task\":\"ok\"}}\n{bad}\n");
         let out = run_with_stdin(
