@@ -570,7 +570,7 @@ fn build(
     for exec in &execs {
         let (producer_id, readable, flags) = match producer_context(exec) {
             Ok(tp) if tp.trace_id.to_string() == trace_id => {
-                (tp.parent_id.to_string(), true, tp.flags.to_u8())
+                (tp.parent_id.to_string(), true, tp.flags.defined().to_u8())
             }
             parsed => {
                 // An execution shown on its own was warned about when it was read.
@@ -1160,7 +1160,7 @@ pub fn enqueue_span(
         priority,
         max_attempts,
         parent_execution_id: enqueued.parent_execution_id,
-        flags: tp.flags.to_u8(),
+        flags: tp.flags.defined().to_u8(),
     });
     let span = Span {
         span_id: tp.parent_id.to_string(),
@@ -1227,7 +1227,7 @@ fn attempt_status(outcome: &str) -> SpanStatus {
 /// child of the stored producer span and linked to it, as [`load`] rebuilds it later.
 /// Returns the trace id with it.
 pub fn attempt_span(p: AttemptParts<'_>) -> (String, Span) {
-    let flags = p.producer.flags.to_u8();
+    let flags = p.producer.flags.defined().to_u8();
     let producer_id = p.producer.parent_id.to_string();
     let execution = Arc::new(Execution {
         id: p.execution_id,
@@ -1292,7 +1292,7 @@ pub struct StepParts<'a> {
 /// The internal span of one `pgc step` run as the step reports it live, under its
 /// attempt's span, with the stored span id. Returns the trace id with it.
 pub fn live_step_span(p: StepParts<'_>) -> (String, Span) {
-    let flags = p.attempt_context.flags.to_u8();
+    let flags = p.attempt_context.flags.defined().to_u8();
     let execution = Arc::new(Execution {
         id: p.execution_id,
         task: p.task.to_string(),

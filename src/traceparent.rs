@@ -114,6 +114,13 @@ impl TraceFlags {
     pub const fn to_u8(self) -> u8 {
         self.0
     }
+
+    /// Only the flags the specification defines (`sampled`, `random-trace-id`), the
+    /// others cleared, as a participant passes them on ("Other Flags": vendors MUST set
+    /// those to zero).
+    pub const fn defined(self) -> TraceFlags {
+        TraceFlags(self.0 & KNOWN_FLAGS)
+    }
 }
 
 impl fmt::Debug for TraceFlags {
@@ -750,7 +757,7 @@ impl Incoming {
                 while span_id == parent.parent_id {
                     span_id = new_span_id();
                 }
-                let flags = TraceFlags::new(parent.flags.to_u8() & KNOWN_FLAGS);
+                let flags = parent.flags.defined();
                 ProducerContext {
                     traceparent: TraceParent::new(parent.trace_id, span_id, flags),
                     tracestate: state.clone(),

@@ -57,7 +57,7 @@ use crate::idmap::{FastMap, FastSet};
 use crate::sql;
 use crate::telemetry::TelemetryEvent;
 use crate::tid::Tid;
-use crate::traceparent::{SpanId, TraceFlags, TraceParent, new_trace_id};
+use crate::traceparent::{SpanId, TraceFlags, TraceParent, TraceState, new_trace_id};
 
 /// How a worker runs.
 #[derive(Debug, Clone)]
@@ -1580,19 +1580,22 @@ fn start(
     ))
 }
 
-/// The handler's trace context: the execution's trace id and flags with this attempt's
-/// span id. A row whose stored carrier is malformed gets a trace of its own.
+/// The handler's trace context: the execution's trace id and flags (the defined ones)
+/// with this attempt's span id, and the stored tracestate. Rows written by other
+/// producers are held to the rules a caller's context is: a malformed stored carrier
+/// gets a trace of its own and no tracestate, and a malformed tracestate is dropped.
 fn attempt_context(
     stored: Option<&TraceParent>,
     stored_tracestate: Option<&str>,
     span_id: SpanId,
 ) -> (String, Option<String>) {
     let tp = match stored {
-        Some(p) => TraceParent::new(p.trace_id, span_id, p.flags),
+        Some(p) => TraceParent::new(p.trace_id, span_id, p.flags.defined()),
         None => TraceParent::new(new_trace_id(), span_id, TraceFlags::SAMPLED),
     };
-    let tracestate = stored_tracestate
-        .filter(|s| !s.is_empty())
+    let tracestate = stored
+        .and(stored_tracestate)
+        .filter(|s| !s.trim().is_empty() && TraceState::parse(s).is_ok())
         .map(str::to_string);
     (tp.to_string(), tracestate)
 }
@@ -2056,6 +2059,28 @@ mod tests {
             run_at: chrono::DateTime::from_timestamp(secs, 0).unwrap_or_default(),
             id: Uuid::from_u128(id),
         }
+    }
+
+    #[test]
+    fn a_stored_context_is_passed_on_as_a_caller_s_would_be() {
+        let span = SpanId::from_hex("00f067aa0ba902b7").unwrap_or(SpanId::INVALID);
+        let stored =
+            TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-b7ad6b7169203331-ff").ok();
+        let (tp, ts) = attempt_context(stored.as_ref(), Some("a=1, b=2"), span);
+        assert_eq!(
+            tp,
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03"
+        );
+        assert_eq!(ts.as_deref(), Some("a=1, b=2"));
+        // A malformed tracestate is dropped, the traceparent kept.
+        let (tp, ts) = attempt_context(stored.as_ref(), Some("BAD KEY=1"), span);
+        assert!(tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert_eq!(ts, None);
+        // No usable traceparent: a new trace, and its tracestate is not carried.
+        let (tp, ts) = attempt_context(None, Some("zz=9"), span);
+        assert!(!tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert!(tp.ends_with("-00f067aa0ba902b7-01"), "{tp}");
+        assert_eq!(ts, None);
     }
 
     #[test]
