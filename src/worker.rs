@@ -256,6 +256,9 @@ pub enum Event {
         /// Attempts left unsettled.
         unsettled: usize,
     },
+    /// The worker's loop has ended (drained, or stopped): it settles what is left and
+    /// leaves the registry, then returns.
+    Finishing,
 }
 
 /// Receives [`Event`]s.
@@ -916,7 +919,7 @@ pub async fn run(
                 // moment later, so that the server's clock has passed it too).
                 let now = tokio::time::Instant::now();
                 for d in retries {
-                    add_retry_wake(&mut retry_wakes, now + d + RETRY_WAKE_MARGIN);
+                    add_retry_wake(&mut retry_wakes, now + d + RETRY_WAKE_MARGIN, retry_wake_slack(d));
                 }
             }
             () = async { if let Some(w) = retry_wakes.first() { tokio::time::sleep_until(*w).await } },
@@ -1067,6 +1070,7 @@ pub async fn run(
         }
     }
 
+    events(Event::Finishing);
     listener_stop.cancel();
     for c in claimers {
         drop(c.requests);
@@ -1595,7 +1599,7 @@ fn attempt_context(
     };
     let tracestate = stored
         .and(stored_tracestate)
-        .filter(|s| !s.trim().is_empty() && TraceState::parse(s).is_ok())
+        .filter(|s| TraceState::parse(s).is_ok_and(|state| !state.is_empty()))
         .map(str::to_string);
     (tp.to_string(), tracestate)
 }
@@ -1603,17 +1607,22 @@ fn attempt_context(
 /// How long after a retry's due time the worker claims it, at least.
 const RETRY_WAKE_MARGIN: Duration = Duration::from_millis(5);
 
-/// Retries due within this of a wake-up already planned share it.
-const RETRY_WAKE_SLACK: Duration = Duration::from_millis(10);
+/// How much later than due a retry `d` away may be claimed, to share a wake-up planned
+/// already: 10 ms, or a hundredth of the delay when that is longer, so that retries
+/// spread by jitter over up to the hour of the backoff's cap make a few hundred
+/// wake-ups at most, not one each.
+fn retry_wake_slack(d: Duration) -> Duration {
+    (d / 100).max(Duration::from_millis(10))
+}
 
-/// Plans a claim at `at`, unless one is planned already at most [`RETRY_WAKE_SLACK`]
-/// after it: a batch of retries with jitter makes a few wake-ups, not one each, and
-/// none comes before its retry is due.
+/// Plans a claim at `at`, unless one is planned already at most `slack` after it; none
+/// comes before its retry is due.
 fn add_retry_wake(
     wakes: &mut std::collections::BTreeSet<tokio::time::Instant>,
     at: tokio::time::Instant,
+    slack: Duration,
 ) {
-    if wakes.range(at..=at + RETRY_WAKE_SLACK).next().is_none() {
+    if wakes.range(at..=at + slack).next().is_none() {
         wakes.insert(at);
     }
 }
@@ -2076,6 +2085,8 @@ mod tests {
         let (tp, ts) = attempt_context(stored.as_ref(), Some("BAD KEY=1"), span);
         assert!(tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
         assert_eq!(ts, None);
+        // Only empty members: nothing to pass on.
+        assert_eq!(attempt_context(stored.as_ref(), Some(" , ,"), span).1, None);
         // No usable traceparent: a new trace, and its tracestate is not carried.
         let (tp, ts) = attempt_context(None, Some("zz=9"), span);
         assert!(!tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
@@ -2088,14 +2099,21 @@ mod tests {
         let t0 = tokio::time::Instant::now();
         let ms = Duration::from_millis;
         let mut wakes = std::collections::BTreeSet::new();
-        add_retry_wake(&mut wakes, t0 + ms(100));
+        let slack = retry_wake_slack(ms(100));
+        assert_eq!(slack, ms(10));
+        add_retry_wake(&mut wakes, t0 + ms(100), slack);
         // Due 5 ms earlier: the planned wake-up is within the slack after it.
-        add_retry_wake(&mut wakes, t0 + ms(95));
+        add_retry_wake(&mut wakes, t0 + ms(95), slack);
         // Due later than the planned one: a wake-up of its own.
-        add_retry_wake(&mut wakes, t0 + ms(101));
-        add_retry_wake(&mut wakes, t0 + ms(300));
+        add_retry_wake(&mut wakes, t0 + ms(101), slack);
+        add_retry_wake(&mut wakes, t0 + ms(300), slack);
         let planned: Vec<Duration> = wakes.iter().map(|w| *w - t0).collect();
         assert_eq!(planned, vec![ms(100), ms(101), ms(300)]);
+        // An hour away, retries within 36 s of each other share a wake-up.
+        assert_eq!(
+            retry_wake_slack(Duration::from_secs(3600)),
+            Duration::from_secs(36)
+        );
     }
 
     #[test]

@@ -193,23 +193,30 @@ where
             .build()
     }
     .map_err(|e| anyhow::anyhow!("could not start the async runtime: {e}"))?;
-    rt.block_on(async {
+    let (code, abandoned) = rt.block_on(async {
         // The error line is written before the last exports, so that it is exported
         // as a log record too.
         let code = match f().await {
             Ok(code) => code,
             Err(e) => report(&e),
         };
-        if work::unless_signalled(telemetry::finish_process())
+        let abandoned = work::unless_signalled(telemetry::finish_process())
             .await
-            .is_none()
-        {
+            .is_none();
+        if abandoned {
             output::warn(
                 "telemetry: stopped by a signal; log records not yet exported are dropped",
             );
         }
-        Ok(code)
-    })
+        (code, abandoned)
+    });
+    if abandoned {
+        // Exports cut short by a signal may still be running on the exporters' own
+        // threads; shutting the runtime down under them makes them panic on stderr. The
+        // process exits now: leave the runtime as it is.
+        std::mem::forget(rt);
+    }
+    Ok(code)
 }
 
 /// Prints an error as one line and picks the exit code.

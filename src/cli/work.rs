@@ -125,7 +125,10 @@ fn check_program(program: &str) -> Result<()> {
         let path = std::env::var_os("PATH").unwrap_or_else(|| "/bin:/usr/bin".into());
         std::env::split_paths(&path).any(|dir| runnable(&dir.join(program)))
     };
-    if found || program.is_empty() {
+    if program.is_empty() {
+        return Err(Error::invalid("the command after -- is empty").into());
+    }
+    if found {
         return Ok(());
     }
     let why = if program.contains('/') {
@@ -192,7 +195,6 @@ pub async fn run(global: &GlobalArgs, args: WorkArgs) -> Result<ExitCode> {
 
     let shutdown = Shutdown::default();
     spawn_signal_handler(shutdown.clone())?;
-    let signalled = shutdown.graceful.clone();
 
     let bar = if args.until_empty && std::io::stderr().is_terminal() {
         ProgressBar::new_spinner().with_style(
@@ -217,12 +219,14 @@ pub async fn run(global: &GlobalArgs, args: WorkArgs) -> Result<ExitCode> {
     // while they are sent (a collector that does not answer would hold the exit for an
     // export timeout).
     exiting();
+    // Whether signals stopped the loop (counted when it ended, not those since).
+    let signalled = EXIT_FROM.get().is_some_and(|n| *n > 0);
     if unless_signalled(telemetry.finish()).await.is_none() {
         warn("telemetry: stopped by a signal; spans and metrics not yet exported are dropped");
     }
     let report = report?;
     if args.until_empty {
-        let how = if signalled.is_cancelled() {
+        let how = if signalled {
             "stopped by a signal"
         } else {
             "queue drained"
@@ -337,6 +341,10 @@ fn log_event(e: &Event, verbose: bool, bar: &ProgressBar, done: &AtomicU64) {
         Event::Abandoned { unsettled } => Some(format!(
             "stopped with {unsettled} attempt(s) unsettled; their leases expire and another worker recovers them"
         )),
+        Event::Finishing => {
+            exiting();
+            None
+        }
     };
     // An execution's lines carry its ids (and, as JSON, its attempt's trace and span).
     let ctx = match e {
@@ -431,7 +439,8 @@ fn spawn_signal_handler(shutdown: Shutdown) -> Result<()> {
 /// [`SIGNALS`] when the worker's loop ended and the process began to exit.
 static EXIT_FROM: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
 
-/// Marks the start of the exit: from here on a signal stops what is left to do.
+/// Marks the end of the worker's loop ([`Event::Finishing`], or its return): from here
+/// on a signal stops what is left to do at exit.
 fn exiting() {
     if let Some(signals) = SIGNALS.get() {
         EXIT_FROM.get_or_init(|| *signals.borrow());

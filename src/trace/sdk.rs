@@ -243,7 +243,7 @@ pub fn encode_attempt_span(p: &super::AttemptParts<'_>, head: &mut AttemptHead, 
             span_id: p.span_id.to_bytes(),
             parent: Some(producer),
             parent_is_remote: true,
-            trace_flags: p.producer.flags.to_u8(),
+            trace_flags: p.producer.flags.defined().to_u8(),
             name: [b"task:", p.task.as_bytes()],
             kind: SpanKind::Consumer,
             start: nanos(p.start),
@@ -640,8 +640,10 @@ mod tests {
             "00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01",
         )
         .expect("a valid traceparent");
+        // Not sampled, and flag bits the specification leaves undefined (stored by
+        // another producer): both encodings clear them.
         let unsampled = crate::traceparent::TraceParent::parse(
-            "00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-00",
+            "00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-fc",
         )
         .expect("a valid traceparent");
         let mut head = AttemptHead::default();

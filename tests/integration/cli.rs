@@ -103,6 +103,7 @@ fn a_worker_command_that_cannot_run_is_refused_before_connecting() {
             &["work", "--", "./no/such/file"][..],
             "cannot run the command after --: ./no/such/file: no such executable file",
         ),
+        (&["work", "--", ""][..], "the command after -- is empty"),
         (
             &["work", "--timeout", "0s", "--", "true"][..],
             "\"0s\" is too short (at least 10ms)",

@@ -502,6 +502,8 @@ async fn a_signal_stops_the_worker_s_exports_at_exit() {
         stderr.contains("telemetry: stopped by a signal"),
         "{stderr}"
     );
+    // Nothing after it but pgc's own lines: no exporter thread panicking on its way out.
+    assert!(stderr.lines().all(|l| l.starts_with("pgc: ")), "{stderr}");
 }
 
 #[tokio::test]
