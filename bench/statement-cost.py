@@ -25,7 +25,14 @@ SRC = open(os.path.join(ROOT, "src", "sql.rs")).read()
 
 
 def const(name):
-    return re.search(r'pub const %s: &str = "(.*?)";' % name, SRC, re.S).group(1)
+    """The text of `pub const NAME` in src/sql.rs: a string literal, or a `concat!` of
+    literals and `name!()` macros that each expand to one literal."""
+    m = re.search(r'pub const %s: &str = (?:"(.*?)";|concat!\((.*?)\n\);)' % name, SRC, re.S)
+    if m.group(1) is not None:
+        return m.group(1)
+    macros = dict(re.findall(r'macro_rules! (\w+) \{\s*\(\) => \{\s*"(.*?)"\s*\};', SRC, re.S))
+    return "".join(lit if lit else macros[mac]
+                   for lit, mac in re.findall(r'"(.*?)"|(\w+)!\(\)', m.group(2), re.S))
 
 
 def fresh():

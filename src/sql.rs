@@ -220,6 +220,15 @@ returning e.id, e.queue, e.task_key, e.payload::text, e.attempts, e.max_attempts
                then e.trace_context ->> 'tracestate' end,
           e.ctid";
 
+/// What a completion writes on each execution it settles (both paths of [`COMPLETE`]).
+macro_rules! complete_set {
+    () => {
+        "
+    set status = 'completed', result = v.result::jsonb, finished_at = now(),
+        locked_by = null, locked_until = null"
+    };
+}
+
 /// Settle completed attempts: `$2` ids, `$3` generations, `$4` results (JSON text or
 /// null), `$5` the row addresses their claims returned (null when unknown), and wake
 /// `--wait`ers when any was settled. One row: the array of the ids it settled (null when
@@ -229,18 +238,19 @@ returning e.id, e.queue, e.task_key, e.payload::text, e.attempts, e.max_attempts
 /// descent of the primary key. A row that moved since its claim (a lease renewal or a
 /// cancel request wrote a new version) is found by id instead. The fencing conditions
 /// are the same on both paths, and the second skips the rows the first settled.
-pub const COMPLETE: &str = "
+pub const COMPLETE: &str = concat!(
+    "
 with by_address as (
-    update pgconductor._private_executions e
-    set status = 'completed', result = v.result::jsonb, finished_at = now(),
-        locked_by = null, locked_until = null
+    update pgconductor._private_executions e",
+    complete_set!(),
+    "
     from unnest($2::uuid[], $3::int[], $4::text[], $5::tid[]) as v(id, generation, result, tid)
     where e.ctid = v.tid and e.id = v.id and e.locked_by = $1 and e.lease_generation = v.generation
     returning e.id
 ), by_id as (
-    update pgconductor._private_executions e
-    set status = 'completed', result = v.result::jsonb, finished_at = now(),
-        locked_by = null, locked_until = null
+    update pgconductor._private_executions e",
+    complete_set!(),
+    "
     from unnest($2::uuid[], $3::int[], $4::text[]) as v(id, generation, result)
     -- Only when some were not where their claim left them (a test made once).
     where (select count(*) from by_address) < cardinality($2::uuid[])
@@ -250,7 +260,8 @@ with by_address as (
 )
 select s.ids, case when s.ids is not null then pg_notify('pgconductor_finished', '') end::text
 from (select array_agg(id) as ids
-      from (select id from by_address union all select id from by_id) u) s";
+      from (select id from by_address union all select id from by_id) u) s"
+);
 
 /// Of the executions `$1` with lease generations `$2`, those completed under that
 /// generation: a completions batch sent again after an error asks this of the ones it

@@ -14,7 +14,7 @@ use super::telemetry::CliTelemetry;
 use super::{GlobalArgs, parse_duration};
 use crate::enqueue::validate_name;
 use crate::error::Error;
-use crate::handler::command::{CommandHandler, Program};
+use crate::handler::command::{CommandHandler, Program, short_id};
 use crate::worker::{self, Event, Handlers, Shutdown, WorkerOptions};
 
 /// Run tasks from one or more queues as commands, until stopped (SIGINT/SIGTERM: finish
@@ -119,23 +119,22 @@ fn check_program(program: &str) -> Result<()> {
     let runnable = |p: &std::path::Path| {
         std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
     };
-    let found = if program.contains('/') {
-        runnable(std::path::Path::new(program))
-    } else {
-        let path = std::env::var_os("PATH").unwrap_or_else(|| "/bin:/usr/bin".into());
-        std::env::split_paths(&path).any(|dir| runnable(&dir.join(program)))
-    };
     if program.is_empty() {
         return Err(Error::invalid("the command after -- is empty").into());
     }
+    let (found, why) = if program.contains('/') {
+        (
+            runnable(std::path::Path::new(program)),
+            "no such executable file",
+        )
+    } else {
+        let path = std::env::var_os("PATH").unwrap_or_else(|| "/bin:/usr/bin".into());
+        let found = std::env::split_paths(&path).any(|dir| runnable(&dir.join(program)));
+        (found, "not found in PATH")
+    };
     if found {
         return Ok(());
     }
-    let why = if program.contains('/') {
-        "no such executable file"
-    } else {
-        "not found in PATH"
-    };
     Err(Error::invalid(format!("cannot run the command after --: {program}: {why}")).into())
 }
 
@@ -258,10 +257,6 @@ fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or("")
 }
 
-fn short(id: &uuid::Uuid) -> String {
-    crate::handler::command::short_id(id)
-}
-
 fn log_event(e: &Event, verbose: bool, bar: &ProgressBar, done: &AtomicU64) {
     let line = match e {
         Event::Started { worker_id } => {
@@ -283,7 +278,7 @@ fn log_event(e: &Event, verbose: bool, bar: &ProgressBar, done: &AtomicU64) {
             verbose.then(|| {
                 format!(
                     "{task} {} completed (attempt {attempt}) in {:.3}s",
-                    short(id),
+                    short_id(id),
                     duration.as_secs_f64()
                 )
             })
@@ -306,7 +301,7 @@ fn log_event(e: &Event, verbose: bool, bar: &ProgressBar, done: &AtomicU64) {
             };
             Some(format!(
                 "{task} {} failed (attempt {attempt}): {}; {what}",
-                short(id),
+                short_id(id),
                 first_line(error)
             ))
         }
@@ -314,21 +309,21 @@ fn log_event(e: &Event, verbose: bool, bar: &ProgressBar, done: &AtomicU64) {
             id, task, reason, ..
         } => Some(format!(
             "{task} {} released: {}",
-            short(id),
+            short_id(id),
             first_line(reason)
         )),
         Event::Cancelled { id, task, .. } => {
             let n = done.fetch_add(1, Ordering::Relaxed) + 1;
             bar.set_message(format!("{n} finished"));
-            Some(format!("{task} {} cancelled", short(id)))
+            Some(format!("{task} {} cancelled", short_id(id)))
         }
         Event::LeaseLost { id, task, .. } => Some(format!(
             "{task} {}: lease taken over by another worker; its result is discarded",
-            short(id)
+            short_id(id)
         )),
         Event::Reaped { id, status } => Some(format!(
             "recovered {} from a worker whose lease expired ({status})",
-            short(id)
+            short_id(id)
         )),
         Event::Stopping { running } => Some(format!(
             "stopping: waiting for {running} running handler(s); signal again to stop them now"
@@ -418,15 +413,13 @@ fn spawn_signal_handler(shutdown: Shutdown) -> Result<()> {
         .get_or_init(|| tokio::sync::watch::channel(0).0)
         .clone();
     tokio::spawn(async move {
-        let mut count = 0;
         loop {
             tokio::select! {
                 _ = int.recv() => {}
                 _ = term.recv() => {}
             }
-            count += 1;
-            signals.send_replace(count);
-            if count == 1 {
+            signals.send_modify(|n| *n += 1);
+            if *signals.borrow() == 1 {
                 shutdown.graceful.cancel();
             } else {
                 shutdown.immediate.cancel();

@@ -12,6 +12,19 @@ use crate::trace::receiver;
 
 const CALLER: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
+/// The URL of a collector that accepts connections and never answers.
+fn silent_collector() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    endpoint
+}
+
 async fn stored_traceparent(db: &TestDb, id: Uuid) -> String {
     db.client()
         .await
@@ -437,14 +450,7 @@ async fn a_worked_trace_exported_live_agrees_span_for_span_with_its_rebuild() {
 /// does not answer; a signal then stops them at once, and the exit code is the work's.
 #[tokio::test]
 async fn a_signal_stops_the_worker_s_exports_at_exit() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let endpoint = format!("http://{}", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for stream in listener.incoming().flatten() {
-            held.push(stream);
-        }
-    });
+    let endpoint = silent_collector();
     let db = TestDb::migrated().await;
     let out = run(db.pgc().env("OTEL_SDK_DISABLED", "true"), &["enqueue", "t"]);
     let id = Uuid::parse_str(out.ok().stdout.trim()).unwrap();
@@ -508,15 +514,7 @@ async fn a_signal_stops_the_worker_s_exports_at_exit() {
 
 #[tokio::test]
 async fn a_collector_that_never_answers_costs_a_warning_not_the_work() {
-    // Accepts connections and reads, never answers.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let endpoint = format!("http://{}", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for stream in listener.incoming().flatten() {
-            held.push(stream);
-        }
-    });
+    let endpoint = silent_collector();
     let db = TestDb::migrated().await;
     let silent = |cmd: &mut std::process::Command| {
         cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
@@ -953,14 +951,7 @@ async fn log_records_go_nowhere_with_none_and_to_stderr_with_console() {
 async fn a_silent_span_collector_costs_neither_the_log_records_nor_more_than_its_timeout() {
     use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
     // Spans go to a collector that accepts and never answers; logs to a working one.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let silent = format!("http://{}/v1/traces", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for stream in listener.incoming().flatten() {
-            held.push(stream);
-        }
-    });
+    let silent = format!("{}/v1/traces", silent_collector());
     let (endpoint, got) = receiver();
     let db = TestDb::migrated().await;
     let started = std::time::Instant::now();

@@ -1354,17 +1354,14 @@ async fn completions_find_rows_at_their_claimed_address_or_by_id_once_moved() {
     );
     let mut all = vec![a, b, c];
     all.sort();
+    let generations = vec![claimed[&a].0, claimed[&b].0, claimed[&c].0];
+    let tids = vec![
+        Some(claimed[&a].1),
+        Some(claimed[&b].1),
+        Some(claimed[&c].1),
+    ];
     assert_eq!(
-        complete(
-            vec![a, b, c],
-            vec![claimed[&a].0, claimed[&b].0, claimed[&c].0],
-            vec![
-                Some(claimed[&a].1),
-                Some(claimed[&b].1),
-                Some(claimed[&c].1)
-            ],
-        )
-        .await,
+        complete(vec![a, b, c], generations.clone(), tids.clone()).await,
         all,
         "a and c at their addresses, b by id"
     );
@@ -1381,16 +1378,7 @@ async fn completions_find_rows_at_their_claimed_address_or_by_id_once_moved() {
     assert_eq!(statuses, vec!["completed"; 3]);
     // Settled once: sent again, nothing settles.
     assert_eq!(
-        complete(
-            vec![a, b, c],
-            vec![claimed[&a].0, claimed[&b].0, claimed[&c].0],
-            vec![
-                Some(claimed[&a].1),
-                Some(claimed[&b].1),
-                Some(claimed[&c].1)
-            ],
-        )
-        .await,
+        complete(vec![a, b, c], generations.clone(), tids.clone()).await,
         Vec::<Uuid>::new()
     );
 }
