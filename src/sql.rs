@@ -155,70 +155,93 @@ update pgconductor._private_workers set stopped_at = now(), heartbeat_at = now()
 /// plan of a claim costs more than running it (see `worker::Session`).
 pub const GENERIC_PLANS: &str = "set plan_cache_mode = force_generic_plan";
 
-/// Claim up to `$3` due executions of the queues `$2` (in each queue's priority order,
-/// then the oldest first), for worker `$1`, leased for `$5` seconds. `$4`: the tasks the
-/// worker has handlers for, or null for all. `$6`, `$7`, `$8`: per queue, the claim
-/// index position (priority, run_at, id) to start from, null for the beginning. Each
-/// claim starts an attempt: a new attempt span id, `attempts + 1`, and a new lease
-/// generation.
+/// Claim up to `$2` due executions of the queues `$1` (in each queue's priority order,
+/// then the oldest first) by locking their rows, in the caller's open transaction.
+/// `$3`: the tasks the worker has handlers for, or null for all. `$4`, `$5`, `$6`: per
+/// queue, the claim index position (priority, run_at, id) to start from, null for the
+/// beginning. Nothing is written: each row comes back as its attempt will be recorded
+/// (`attempts + 1`, the next lease generation, a new attempt span id), with its
+/// physical address (`ctid`) last, and [`SETTLE_CLAIMED`] records the attempts before
+/// the transaction commits.
 ///
-/// The start positions matter because claimed rows leave dead entries at the front of
-/// the claim index until a vacuum removes them: a claim from the beginning walks every
-/// one of them, which after 100,000 claims is hundreds of index pages per claim. The
-/// worker starts where its last claim started, and from the beginning whenever rows may
-/// sit before that (see `ClaimStarts`).
+/// The worker keeps the transaction open for a moment while the handlers run: an
+/// attempt that ends within it is written once, as completed, where a lease and then a
+/// completion would write the row twice (two new row versions and their index entries,
+/// which is most of what a job costs PostgreSQL). The rest are leased at the end of it.
+/// Other claims pass over the locked rows (SKIP LOCKED); if the worker or its
+/// connection dies first, the transaction rolls back, the rows were never touched, and
+/// they are claimed again at once.
 ///
-/// The update finds the rows it locked by their physical address (`ctid`) instead of by
-/// a lookup in the primary key, and returns each claimed row's new address last, so that
-/// the settle can find it the same way (see [`COMPLETE`]). One case is left out: a row
-/// that another session changed after this statement's snapshot and before its lock,
-/// and that is still due, is locked at an address the snapshot does not see, so it is
-/// not claimed now but by the next claim. In pgc only [`UNCLAIM`] does that, and it
-/// wakes the workers of the queue. (Finding such rows again by id, in the same
-/// statement, cost more than the addresses save.)
+/// The start positions matter because claimed rows leave dead entries in the claim
+/// index until a vacuum (and locked ones stay there while they are locked): a claim
+/// from the beginning walks every one of them, which after 100,000 claims is hundreds
+/// of index pages per claim. The worker starts where its last claim ended, and from the
+/// beginning whenever rows may sit before that (see `ClaimStarts`).
 pub const CLAIM: &str = "
-with c as (
-    select x.ctid
-    from unnest($2::text[], $6::int[], $7::timestamptz[], $8::uuid[])
-         as q(name, priority, run_at, id),
-    lateral (
-        select e.ctid, e.priority, e.run_at, e.id
-        from pgconductor._private_executions e
-        where e.queue = q.name and e.status = 'pending' and e.run_at <= now()
-          and (e.priority, e.run_at, e.id)
-              >= (coalesce(q.priority, -2147483648), coalesce(q.run_at, '-infinity'),
-                  coalesce(q.id, '00000000-0000-0000-0000-000000000000'))
-          and ($4::text[] is null or e.task_key = any($4::text[]))
-        order by e.priority, e.run_at, e.id
-        limit $3
-        for update skip locked
-    ) x
-    order by x.priority, x.run_at, x.id
-    limit $3
+select x.id, x.queue, x.task_key, x.payload::text, x.attempts + 1, x.max_attempts,
+       case when jsonb_typeof(x.trace_context -> 'traceparent') = 'string'
+            then x.trace_context ->> 'traceparent' end,
+       x.lease_generation + 1,
+       -- 16 random hex digits, never all zeros (the low half is at least 1). random() is
+       -- the backend's own generator, seeded from a strong source; gen_random_uuid() asks
+       -- the cryptographic one per row, which cost more than a tenth of a claim.
+       encode(int8send(((random() * 4294967295)::bigint << 32)
+                       | ((random() * 4294967294)::bigint + 1)), 'hex'),
+       x.parent_execution_id, x.priority, x.run_at,
+       case when jsonb_typeof(x.trace_context -> 'tracestate') = 'string'
+            then x.trace_context ->> 'tracestate' end,
+       x.ctid
+from unnest($1::text[], $4::int[], $5::timestamptz[], $6::uuid[])
+     as q(name, priority, run_at, id),
+lateral (
+    select e.ctid, e.id, e.queue, e.task_key, e.payload, e.attempts, e.max_attempts,
+           e.trace_context, e.lease_generation, e.parent_execution_id, e.priority, e.run_at
+    from pgconductor._private_executions e
+    where e.queue = q.name and e.status = 'pending' and e.run_at <= now()
+      and (e.priority, e.run_at, e.id)
+          >= (coalesce(q.priority, -2147483648), coalesce(q.run_at, '-infinity'),
+              coalesce(q.id, '00000000-0000-0000-0000-000000000000'))
+      and ($3::text[] is null or e.task_key = any($3::text[]))
+    order by e.priority, e.run_at, e.id
+    limit $2
+    for update of e skip locked
+) x
+order by x.priority, x.run_at, x.id
+limit $2";
+
+/// In the transaction of a [`CLAIM`] by worker `$1`, before it commits: record the
+/// attempts it started. `$3` addresses, `$4` ids, `$5` attempt span ids and `$6`
+/// results (JSON text or null) of those that completed meanwhile: finished as
+/// completed. `$7` addresses, `$8` ids and `$9` span ids of the rest: leased for `$2`
+/// seconds, as running. One row: the ids it finished, the ids it leased and their new
+/// addresses (null arrays for none); wakes `--wait`ers when any finished.
+pub const SETTLE_CLAIMED: &str = "
+with finished as (
+    update pgconductor._private_executions e
+    set status = 'completed', result = v.result::jsonb, attempts = e.attempts + 1,
+        lease_generation = e.lease_generation + 1, attempt_span_id = v.span,
+        -- now() is when the transaction, and so the claim, began.
+        started_at = now(), finished_at = statement_timestamp()
+    from unnest($3::tid[], $4::uuid[], $5::text[], $6::text[]) as v(tid, id, span, result)
+    -- The rows are locked by this transaction, so they are as the claim read them: no
+    -- condition on status, which would let the planner prefer a scan of every pending
+    -- row in the claim index to a fetch per row.
+    where e.ctid = v.tid and e.id = v.id
+    returning e.id
+), leased as (
+    update pgconductor._private_executions e
+    set status = 'running', attempts = e.attempts + 1, locked_by = $1,
+        -- From now: the attempt started at the claim, the lease at this statement.
+        locked_until = statement_timestamp() + make_interval(secs => $2::float8),
+        lease_generation = e.lease_generation + 1, started_at = now(), attempt_span_id = v.span
+    from unnest($7::tid[], $8::uuid[], $9::text[]) as v(tid, id, span)
+    where e.ctid = v.tid and e.id = v.id
+    returning e.id, e.ctid
 )
-update pgconductor._private_executions e
-set status = 'running',
-    attempts = e.attempts + 1,
-    locked_by = $1,
-    locked_until = now() + make_interval(secs => $5::float8),
-    lease_generation = e.lease_generation + 1,
-    started_at = now(),
-    -- 16 random hex digits, never all zeros (the low half is at least 1). random() is
-    -- the backend's own generator, seeded from a strong source; gen_random_uuid() asks
-    -- the cryptographic one per row, which cost more than a tenth of a claim.
-    attempt_span_id = encode(int8send(((random() * 4294967295)::bigint << 32)
-                                      | ((random() * 4294967294)::bigint + 1)), 'hex')
--- `= any(array(…))` keeps the plan a fetch per claimed row; a join with the CTE can turn
--- into a hash join over the whole table.
-where e.ctid = any(array(select ctid from c))
-returning e.id, e.queue, e.task_key, e.payload::text, e.attempts, e.max_attempts,
-          case when jsonb_typeof(e.trace_context -> 'traceparent') = 'string'
-               then e.trace_context ->> 'traceparent' end,
-          e.lease_generation, e.attempt_span_id, e.parent_execution_id,
-          e.priority, e.run_at,
-          case when jsonb_typeof(e.trace_context -> 'tracestate') = 'string'
-               then e.trace_context ->> 'tracestate' end,
-          e.ctid";
+select f.ids, l.ids, l.tids,
+       case when f.ids is not null then pg_notify('pgconductor_finished', '') end::text
+from (select array_agg(id) as ids from finished) f,
+     (select array_agg(id) as ids, array_agg(ctid) as tids from leased) l";
 
 /// What a completion writes on each execution it settles (both paths of [`COMPLETE`]).
 macro_rules! complete_set {

@@ -90,8 +90,8 @@ pub enum TelemetryEvent<'a> {
     },
     /// `db.query`: one of the worker's claim and settle statements.
     DbQuery {
-        /// `claim`, `complete`, `fail`, `release`, `settle_cancelled` or
-        /// `completed_under`.
+        /// `claim`, `settle_claimed`, `complete`, `fail`, `release`,
+        /// `settle_cancelled` or `completed_under`.
         label: &'a str,
         /// How long it took (preparing it, the first time, included).
         duration: Duration,

@@ -86,6 +86,13 @@ pub struct WorkerOptions {
     /// worker claims ahead at least this many, and more when handlers are short (see
     /// `ClaimAhead`).
     pub prefetch: usize,
+    /// How long a claim's transaction stays open for the attempts it started to
+    /// finish (10 ms by default). One that finishes within it is recorded, outcome and
+    /// all, by a single write of its row when the transaction commits; the others are
+    /// leased then and settled as usual. Until then the claimed rows are only locked:
+    /// other sessions see them pending, and if the worker dies they are claimed again
+    /// at once, with no attempt used. Zero leases every claim at once.
+    pub claim_window: Duration,
     /// Where attempt spans go (nowhere by default).
     pub telemetry: crate::telemetry::Hooks,
 }
@@ -103,6 +110,7 @@ impl Default for WorkerOptions {
             until_empty: false,
             claim_batch: 500,
             prefetch: 0,
+            claim_window: CLAIM_WINDOW,
             telemetry: crate::telemetry::Hooks::default(),
         }
     }
@@ -348,12 +356,27 @@ struct InFlight {
     traceparent: Arc<str>,
 }
 
+/// What a claim's transaction did with an attempt it started (see [`Claimed`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ByClaim {
+    /// Leased it (or left it to a lease): the settler settles it.
+    Leased,
+    /// Recorded it as completed (see [`sql::SETTLE_CLAIMED`]): the settler only reports it.
+    Completed,
+    /// Nothing: the transaction was lost. No lease was written under the attempt's
+    /// generation, and a later claim of the execution may take the same one, so its
+    /// outcome must never be settled; it is reported as lost.
+    Unrecorded,
+}
+
 struct Done {
     id: Uuid,
     /// Where the claim left the execution's row, when known (see [`Tid`]).
     tid: Option<Tid>,
     /// `pgc cancel` asked to stop it (a `Stopped` outcome then settles as cancelled).
     cancelled: bool,
+    /// What its claim's transaction did with it.
+    by_claim: ByClaim,
     generation: i32,
     task: String,
     queue: Arc<str>,
@@ -472,19 +495,9 @@ impl Session<'_> {
         sql: &'static str,
         params: &[&(dyn ToSql + Sync)],
     ) -> std::result::Result<Vec<Row>, tokio_postgres::Error> {
-        let started = Instant::now();
-        let stmt = self.prepared(sql).await?;
-        let rows = self.client.query(&stmt, params).await;
-        self.telemetry.event(&TelemetryEvent::DbQuery {
-            label: statement_label(sql),
-            duration: started.elapsed(),
-            retries: 0,
-        });
-        rows
+        self.framed(false, sql, params, false).await
     }
-}
 
-impl Session<'_> {
     /// Runs `sql` in a transaction of its own, pipelined: begin, the statement and
     /// commit go out together (PostgreSQL turns the commit into a rollback when the
     /// statement fails).
@@ -493,21 +506,63 @@ impl Session<'_> {
         sql: &'static str,
         params: &[&(dyn ToSql + Sync)],
     ) -> std::result::Result<Vec<Row>, tokio_postgres::Error> {
+        self.framed(true, sql, params, true).await
+    }
+
+    /// Begins a transaction and runs `sql` in it, pipelined (the transaction is left
+    /// open; a failure leaves it aborted, and the caller drops the connection).
+    async fn begin_query(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> std::result::Result<Vec<Row>, tokio_postgres::Error> {
+        self.framed(true, sql, params, false).await
+    }
+
+    /// Runs `sql` in the open transaction and commits it, pipelined.
+    async fn query_commit(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> std::result::Result<Vec<Row>, tokio_postgres::Error> {
+        self.framed(false, sql, params, true).await
+    }
+
+    /// Runs `sql`, prepared on first use, after a `begin` and before a `commit` when
+    /// asked, all sent at once, and tells telemetry how long it took.
+    async fn framed(
+        &mut self,
+        begin: bool,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+        commit: bool,
+    ) -> std::result::Result<Vec<Row>, tokio_postgres::Error> {
         let started = Instant::now();
         let stmt = self.prepared(sql).await?;
+        let client = self.client;
         // tokio-postgres sends requests in the order their futures are first polled,
         // which `try_join!` does in order.
-        let (_, rows, _) = tokio::try_join!(
-            self.client.batch_execute("begin"),
-            self.client.query(&stmt, params),
-            self.client.batch_execute("commit"),
-        )?;
+        let answer = tokio::try_join!(
+            async {
+                match begin {
+                    true => client.batch_execute("begin").await,
+                    false => Ok(()),
+                }
+            },
+            client.query(&stmt, params),
+            async {
+                match commit {
+                    true => client.batch_execute("commit").await,
+                    false => Ok(()),
+                }
+            },
+        );
         self.telemetry.event(&TelemetryEvent::DbQuery {
             label: statement_label(sql),
             duration: started.elapsed(),
             retries: 0,
         });
-        Ok(rows)
+        answer.map(|(_, rows, _)| rows)
     }
 }
 
@@ -515,6 +570,7 @@ impl Session<'_> {
 fn statement_label(sql: &'static str) -> &'static str {
     [
         (sql::CLAIM, "claim"),
+        (sql::SETTLE_CLAIMED, "settle_claimed"),
         (sql::COMPLETE, "complete"),
         (sql::FAIL, "fail"),
         (sql::RELEASE, "release"),
@@ -688,11 +744,10 @@ pub async fn run(
     // Claims run by claimer tasks, each on a connection of its own, so that this loop
     // never waits for one. A second claimer claims while the first is busy, when there
     // is room for both claims: PostgreSQL then works on two claims at once.
-    let (claimed_tx, mut claimed_rx) =
-        tokio::sync::mpsc::unbounded_channel::<(usize, ClaimAnswer)>();
+    let (claimed_tx, mut claimed_rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Claimed)>();
     let mut claimers: Vec<Claimer> = (0..CLAIMERS)
         .map(|index| {
-            let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Vec<Option<Position>>)>();
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<ToClaimer>();
             let task = tokio::spawn(claimer(
                 index,
                 Db::new(conn.clone(), None).with_telemetry(opts.telemetry.clone()),
@@ -701,20 +756,28 @@ pub async fn run(
                     queues: opts.queues.clone(),
                     tasks: claimable.clone(),
                     lease_secs,
+                    window: opts.claim_window,
                     telemetry: opts.telemetry.clone(),
                 },
                 rx,
                 claimed_tx.clone(),
+                settle_tx.clone(),
                 events.clone(),
             ));
             Claimer {
                 requests: tx,
                 task,
                 running: None,
+                open: false,
             }
         })
         .collect();
     drop(claimed_tx);
+    // Claimed executions whose claim's transaction is still open, by claimer: their
+    // attempts are recorded by that claimer (see `Claimed`).
+    let mut provisional: FastMap<Key, usize> = FastMap::default();
+    // Running attempts whose claim's transaction was lost (see `ByClaim::Unrecorded`).
+    let mut unrecorded: FastSet<Key> = FastSet::default();
     let mut stopping = false;
     // When a small claim held back beside one under way may go after all.
     let mut side_claim_at: Option<Instant>;
@@ -761,7 +824,10 @@ pub async fn run(
             .map(|r| r.at)
             .min();
         side_claim_at = None;
-        for c in claimers.iter_mut().filter(|c| c.running.is_none()) {
+        for c in claimers
+            .iter_mut()
+            .filter(|c| c.running.is_none() && !c.open)
+        {
             if stopping || !want_claim || room == 0 {
                 break;
             }
@@ -782,7 +848,7 @@ pub async fn run(
             let n = room.min(opts.claim_batch);
             let from = starts.for_claim();
             let from_start = from.iter().all(Option::is_none);
-            if c.requests.send((n, from)).is_ok() {
+            if c.requests.send(ToClaimer::Claim(n, from)).is_ok() {
                 c.running = Some(Asked {
                     at: Instant::now(),
                     size: n,
@@ -794,11 +860,21 @@ pub async fn run(
                 under_way = under_way.or(Some(Instant::now()));
             }
         }
-        let claiming = claimers.iter().any(|c| c.running.is_some());
-        if stopping && !local.is_empty() {
+        let claiming = claimers.iter().any(|c| c.running.is_some() || c.open);
+        if stopping && local.iter().any(|(k, _)| !provisional.contains_key(k)) {
             // Never started: give them back without using an attempt (if the database
-            // is away, their leases expire and another worker recovers them).
-            let (ids, generations): (Vec<Uuid>, Vec<i32>) = local.drain(..).map(|(k, _)| k).unzip();
+            // is away, their leases expire and another worker recovers them). Those
+            // whose claim is still open are leased when it ends, and given back then.
+            let mut ids = Vec::new();
+            let mut generations = Vec::new();
+            local.retain(|(k, _)| {
+                if provisional.contains_key(k) {
+                    return true;
+                }
+                ids.push(k.0);
+                generations.push(k.1);
+                false
+            });
             if let Some(client) = db.client(&events).await
                 && let Err(e) =
                     bounded(client.query(sql::UNCLAIM, &[&worker_id, &ids, &generations])).await
@@ -861,7 +937,41 @@ pub async fn run(
                 if hard_stop.is_some() => {
                 break;
             }
-            Some((index, claimed)) = claimed_rx.recv() => {
+            Some((index, message)) = claimed_rx.recv() => match message {
+            Claimed::Ended { leased, unrecorded: lost } => {
+                if let Some(c) = claimers.get_mut(index) {
+                    c.open = false;
+                }
+                // Only this claim's (see `ToClaimer::Skip`).
+                let mut own = |key: &Key| {
+                    if provisional.get(key) == Some(&index) {
+                        provisional.remove(key);
+                        true
+                    } else {
+                        false
+                    }
+                };
+                for (key, tid) in leased {
+                    if own(&key) && let Some(f) = inflight.get_mut(&key) {
+                        f.tid = Some(tid);
+                    }
+                }
+                if !lost.is_empty() {
+                    // Rolled back: other workers may run them now. Stop them here; their
+                    // settles find no lease.
+                    let gone: FastSet<Key> = lost.into_iter().filter(|k| own(k)).collect();
+                    for key in &gone {
+                        if let Some(f) = inflight.get(key) {
+                            f.stop.cancel();
+                            unrecorded.insert(*key);
+                        }
+                    }
+                    local.retain(|(k, _)| !gone.contains(k));
+                    want_claim = true;
+                    starts.reset();
+                }
+            }
+            Claimed::Rows(claimed) => {
                 let asked = claimers
                     .get_mut(index)
                     .and_then(|c| c.running.take())
@@ -869,6 +979,20 @@ pub async fn run(
                     .unwrap_or(Asked { at: Instant::now(), size: 0, wakes, resets: starts.resets.wrapping_sub(1), from_start: true });
                 match claimed {
                     Ok((rows, warm)) => {
+                        let mut rows = rows;
+                        if !rows.is_empty() && let Some(c) = claimers.get_mut(index) {
+                            // Its transaction stays open until `Claimed::Ended`.
+                            c.open = true;
+                            rows.retain(|row| {
+                                let Ok(key) = row_key(row) else { return true };
+                                if provisional.contains_key(&key) || inflight.contains_key(&key) {
+                                    let _ = c.requests.send(ToClaimer::Skip(key));
+                                    return false;
+                                }
+                                provisional.insert(key, index);
+                                true
+                            });
+                        }
                         if warm {
                             ahead.claimed(asked.at.elapsed());
                         }
@@ -890,7 +1014,7 @@ pub async fn run(
                         if short {
                             starts.reset();
                         } else {
-                            starts.advance(asked.resets, &first_positions(&rows, &opts.queues));
+                            starts.advance(asked.resets, &last_positions(&rows, &opts.queues));
                         }
                         for row in rows {
                             if !stopping && inflight.len() < opts.concurrency {
@@ -913,6 +1037,7 @@ pub async fn run(
                     }
                 }
             }
+            },
             Some((n, retries)) = settled_rx.recv() => {
                 unsettled = unsettled.saturating_sub(n);
                 // Claim again when each retry is due, rather than at the next poll (a
@@ -947,6 +1072,7 @@ pub async fn run(
                                 id,
                                 tid: f.tid,
                                 cancelled: false,
+                                by_claim: ByClaim::Leased,
                                 generation,
                                 task: f.task.clone(),
                                 queue: f.queue.clone(),
@@ -959,13 +1085,17 @@ pub async fn run(
                         }
                     };
                     let key = (d.id, d.generation);
-                    inflight.remove(&key);
+                    if let Some(f) = inflight.remove(&key) {
+                        // Where the row is now (its lease may have moved it).
+                        d.tid = f.tid;
+                    }
+                    if unrecorded.remove(&key) {
+                        d.by_claim = ByClaim::Unrecorded;
+                    }
                     ahead.ran(d.duration);
                     d.cancelled = cancelling.remove(&key);
                     unsettled += 1;
-                    // The settler outlives this loop; a send fails only if it
-                    // panicked, and then the lease expiry recovers the execution.
-                    let _ = settle_tx.send(d);
+                    route(d, &mut provisional, &claimers, &settle_tx);
                 };
                 collect(done);
                 while let Some(more) = joins.try_join_next_with_id() {
@@ -990,10 +1120,11 @@ pub async fn run(
                         while let Some(i) = local.iter().position(|(k, _)| k.0 == id) {
                             if let Some(((id, generation), row)) = local.remove(i) {
                                 unsettled += 1;
-                                let _ = settle_tx.send(Done {
+                                route(Done {
                                     id,
                                     tid: None,
                                     cancelled: true,
+                                    by_claim: ByClaim::Leased,
                                     generation,
                                     task: row.try_get(2).unwrap_or_default(),
                                     queue: Arc::from(row.try_get::<_, &str>(1).unwrap_or_default()),
@@ -1002,7 +1133,7 @@ pub async fn run(
                                     outcome: Outcome::Stopped,
                                     meta: None,
                                     traceparent: None,
-                                });
+                                }, &mut provisional, &claimers, &settle_tx);
                             }
                         }
                     }
@@ -1020,7 +1151,7 @@ pub async fn run(
             _ = renew.tick() => {
                 if let Some(client) = db.client(&events).await {
                     let queued: Vec<Key> = local.iter().map(|(k, _)| *k).collect();
-                    match bounded(renew_leases(client, worker_id, &inflight, &queued, lease_secs)).await {
+                    match bounded(renew_leases(client, worker_id, &inflight, &queued, &provisional, lease_secs)).await {
                         Ok((held, cancel)) => {
                             for key in cancel {
                                 if let Some(f) = inflight.get(&key) {
@@ -1029,7 +1160,7 @@ pub async fn run(
                                 }
                             }
                             // Claimed ahead but taken over meanwhile: never start them.
-                            local.retain(|(k, _)| held.contains(k));
+                            local.retain(|(k, _)| held.contains(k) || provisional.contains_key(k));
                         }
                         Err(e) => db.fail(&events, e.to_string()),
                     }
@@ -1093,6 +1224,30 @@ pub async fn run(
     Ok(report)
 }
 
+/// Hands a finished attempt to whoever records it: the claimer whose claim's
+/// transaction holds it (which then answers for it), or the settler. (The settler
+/// outlives the worker's loop; a send fails only if it panicked, and then the lease
+/// expiry recovers the execution.)
+fn route(
+    d: Done,
+    provisional: &mut FastMap<Key, usize>,
+    claimers: &[Claimer],
+    settle: &tokio::sync::mpsc::UnboundedSender<Done>,
+) {
+    let d = match provisional
+        .remove(&(d.id, d.generation))
+        .and_then(|i| claimers.get(i))
+    {
+        Some(c) => match c.requests.send(ToClaimer::Done(d)) {
+            Ok(()) => return,
+            Err(tokio::sync::mpsc::error::SendError(ToClaimer::Done(d))) => d,
+            Err(_) => return,
+        },
+        None => d,
+    };
+    let _ = settle.send(d);
+}
+
 /// Claimer tasks per worker (see [`claimer`]).
 const CLAIMERS: usize = 2;
 
@@ -1105,11 +1260,13 @@ const SIDE_CLAIM_AFTER: Duration = Duration::from_millis(50);
 
 /// One claimer task, as the worker's loop sees it.
 struct Claimer {
-    /// Claims to run: how many executions at most, and where each queue starts.
-    requests: tokio::sync::mpsc::UnboundedSender<(usize, Vec<Option<Position>>)>,
+    /// Claims to run, and the attempts of its open claim.
+    requests: tokio::sync::mpsc::UnboundedSender<ToClaimer>,
     task: tokio::task::JoinHandle<()>,
     /// The claim it works on.
     running: Option<Asked>,
+    /// Whether its last claim's transaction is still open (see [`Claimed`]).
+    open: bool,
 }
 
 /// A claim asked of a claimer.
@@ -1192,14 +1349,15 @@ struct Position {
 const CLAIM_START_AGE: Duration = Duration::from_millis(50);
 
 /// Where the next claim starts in the worker's queue (`None`: at the beginning).
-/// Claimed rows leave dead entries at the front of the claim index until a vacuum;
-/// starting where the last full claim started skips them.
+/// Claimed rows leave dead entries at the front of the claim index until a vacuum, and
+/// rows locked by claims still open stay there; starting where the last full claim
+/// ended skips them.
 ///
 /// Due executions can appear before that point: an enqueue with a smaller priority
 /// number, or one that falls due later; a retry, a recovered execution, or a row
 /// another worker held locked and gave back. So the starts go back to the beginning on
 /// every enqueue notification, this worker's retries and recoveries, polls, after a
-/// short claim, and at least every [`CLAIM_START_AGE`].
+/// short claim or one that rolled back, and at least every [`CLAIM_START_AGE`].
 ///
 /// Only a worker of one queue uses starts. With several, a claim locks up to its limit
 /// in each queue and keeps the best across them: the rows it drops stay locked until
@@ -1242,26 +1400,26 @@ impl ClaimStarts {
         self.since = Instant::now();
     }
 
-    /// After a full claim asked for at `resets`, which claimed `firsts` first in each
+    /// After a full claim asked for at `resets`, which claimed `lasts` last in each
     /// queue: each queue it claimed from starts there, or later. Everything before that
-    /// row was dead, not due, or held by another claim.
-    fn advance(&mut self, resets: u64, firsts: &[Option<Position>]) {
+    /// row was dead, not due, or held by a claim (this one or another).
+    fn advance(&mut self, resets: u64, lasts: &[Option<Position>]) {
         if resets != self.resets || self.starts.len() != 1 {
             return;
         }
-        for (start, first) in self.starts.iter_mut().zip(firsts) {
-            if let Some(f) = *first
-                && start.is_none_or(|s| s < f)
+        for (start, last) in self.starts.iter_mut().zip(lasts) {
+            if let Some(l) = *last
+                && start.is_none_or(|s| s < l)
             {
-                *start = Some(f);
+                *start = Some(l);
             }
         }
     }
 }
 
-/// The first claimed row of each queue (in the order of `queues`), by claim order.
-fn first_positions(rows: &[tokio_postgres::Row], queues: &[String]) -> Vec<Option<Position>> {
-    let mut firsts: Vec<Option<Position>> = vec![None; queues.len()];
+/// The last claimed row of each queue (in the order of `queues`), by claim order.
+fn last_positions(rows: &[tokio_postgres::Row], queues: &[String]) -> Vec<Option<Position>> {
+    let mut lasts: Vec<Option<Position>> = vec![None; queues.len()];
     for row in rows {
         let (Ok(queue), Ok(priority), Ok(run_at), Ok(id)) = (
             row.try_get::<_, &str>(1),
@@ -1271,10 +1429,10 @@ fn first_positions(rows: &[tokio_postgres::Row], queues: &[String]) -> Vec<Optio
         ) else {
             continue;
         };
-        let Some(first) = queues
+        let Some(last) = queues
             .iter()
             .position(|q| q == queue)
-            .and_then(|i| firsts.get_mut(i))
+            .and_then(|i| lasts.get_mut(i))
         else {
             continue;
         };
@@ -1283,11 +1441,11 @@ fn first_positions(rows: &[tokio_postgres::Row], queues: &[String]) -> Vec<Optio
             run_at,
             id,
         };
-        if first.is_none_or(|f| p < f) {
-            *first = Some(p);
+        if last.is_none_or(|l| p > l) {
+            *last = Some(p);
         }
     }
-    firsts
+    lasts
 }
 
 /// What the claimer claims with.
@@ -1296,6 +1454,8 @@ struct ClaimQuery {
     queues: Vec<String>,
     tasks: Option<Vec<String>>,
     lease_secs: f64,
+    /// See [`WorkerOptions::claim_window`].
+    window: Duration,
     telemetry: crate::telemetry::Hooks,
 }
 
@@ -1345,18 +1505,73 @@ async fn count_queues(
 /// database trouble.
 type ClaimAnswer = std::result::Result<(Vec<tokio_postgres::Row>, bool), ()>;
 
+/// What a claimer tells the worker's loop.
+enum Claimed {
+    /// The answer to a claim. Rows, when there are any, are locked in the claimer's
+    /// open transaction: their attempts go to the claimer (see [`ToClaimer::Done`])
+    /// until it reports [`Claimed::Ended`].
+    Rows(ClaimAnswer),
+    /// The claim's transaction ended. `leased`: the executions of the claim that had
+    /// not finished (or not started), now leased to this worker, with their rows' new
+    /// addresses. `unrecorded`: those the transaction could not record (it failed, so
+    /// the rows are as they were before the claim and other workers may claim them):
+    /// their handlers are stopped and never settle.
+    Ended {
+        leased: Vec<(Key, Tid)>,
+        unrecorded: Vec<Key>,
+    },
+}
+
+/// What the worker's loop tells a claimer.
+// Mostly `Done`s, one per execution: boxing them would allocate for each to save space on
+// the rare others.
+#[allow(clippy::large_enum_variant)]
+enum ToClaimer {
+    /// Claim at most this many executions, each queue from this position.
+    Claim(usize, Vec<Option<Position>>),
+    /// A finished attempt of the claim whose transaction is open (one that comes after
+    /// the transaction ended is passed on to the settler).
+    Done(Done),
+    /// An execution of the open claim that the worker will not run: it is running here
+    /// already under the same key, from an earlier claim whose transaction was lost
+    /// without the worker knowing yet (nothing of it was written, so the new claim
+    /// computed the same lease generation). Left unrecorded, so that it is claimed
+    /// again once the earlier attempt is gone; given back if it was leased already.
+    Skip(Key),
+}
+
+/// The default [`WorkerOptions::claim_window`]: long enough for short handlers to finish
+/// in (and in-process ones started from a large claim), short enough that a claimer
+/// is soon free again.
+const CLAIM_WINDOW: Duration = Duration::from_millis(10);
+
 /// Claims on request, on a connection of its own, so that the worker's loop never
 /// waits for a claim. Answers every request: the rows, or `Err` after reporting the
-/// trouble and waiting out the reconnect backoff.
+/// trouble and waiting out the reconnect backoff. A claim that found rows keeps its
+/// transaction open for up to [`CLAIM_WINDOW`], collecting the attempts that finish,
+/// then records them all with one statement and commits, and reports the end.
 async fn claimer(
     index: usize,
     mut db: Db,
     q: ClaimQuery,
-    mut requests: tokio::sync::mpsc::UnboundedReceiver<(usize, Vec<Option<Position>>)>,
-    answers: tokio::sync::mpsc::UnboundedSender<(usize, ClaimAnswer)>,
+    mut requests: tokio::sync::mpsc::UnboundedReceiver<ToClaimer>,
+    answers: tokio::sync::mpsc::UnboundedSender<(usize, Claimed)>,
+    settle: tokio::sync::mpsc::UnboundedSender<Done>,
     events: EventSink,
 ) {
-    while let Some((n, starts)) = requests.recv().await {
+    while let Some(request) = requests.recv().await {
+        let (n, starts) = match request {
+            ToClaimer::Claim(n, starts) => (n, starts),
+            // Settled after the transaction: its execution is leased by now.
+            ToClaimer::Done(d) => {
+                let _ = settle.send(d);
+                continue;
+            }
+            ToClaimer::Skip(key) => {
+                give_back(&mut db, &q, key, &events).await;
+                continue;
+            }
+        };
         let limit = i64::try_from(n).unwrap_or(i64::MAX);
         let priorities: Vec<Option<i32>> = starts.iter().map(|s| s.map(|p| p.priority)).collect();
         let run_ats: Vec<Option<chrono::DateTime<chrono::Utc>>> =
@@ -1365,47 +1580,225 @@ async fn claimer(
         // The first claim on a connection also prepares its statement: its time says
         // nothing about the claims after it.
         let warm = db.up();
-        let answer = match db.session(&events).await {
+        let rows = match db.session(&events).await {
             Some(mut session) => {
                 let started = Instant::now();
-                match bounded(session.query(
-                    sql::CLAIM,
-                    &[
-                        &q.worker_id,
-                        &q.queues,
-                        &limit,
-                        &q.tasks,
-                        &q.lease_secs,
-                        &priorities,
-                        &run_ats,
-                        &ids,
-                    ],
-                ))
-                .await
-                {
+                let params: [&(dyn ToSql + Sync); 6] =
+                    [&q.queues, &limit, &q.tasks, &priorities, &run_ats, &ids];
+                match bounded(session.begin_query(sql::CLAIM, &params)).await {
+                    Ok(rows) if rows.is_empty() => {
+                        match bounded(session.client.batch_execute("commit")).await {
+                            Ok(()) => Ok(rows),
+                            Err(e) => Err(e),
+                        }
+                    }
                     Ok(rows) => {
                         q.telemetry.event(&TelemetryEvent::Fetch {
                             queues: &q.queues,
                             count: rows.len(),
                             duration: started.elapsed(),
                         });
-                        Ok((rows, warm))
+                        Ok(rows)
                     }
-                    Err(e) => {
-                        db.fail(&events, e);
-                        Err(())
-                    }
+                    Err(e) => Err(e),
                 }
             }
-            None => Err(()),
+            None => Err(String::new()),
         };
-        if answer.is_err() {
-            tokio::time::sleep_until(db.retry_at.into()).await;
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(e) => {
+                if !e.is_empty() {
+                    // Dropping the connection rolls back whatever the claim began.
+                    db.fail(&events, e);
+                }
+                tokio::time::sleep_until(db.retry_at.into()).await;
+                if answers.send((index, Claimed::Rows(Err(())))).is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
+        if rows.is_empty() {
+            if answers
+                .send((index, Claimed::Rows(Ok((rows, warm)))))
+                .is_err()
+            {
+                return;
+            }
+            continue;
         }
-        if answers.send((index, answer)).is_err() {
+        // Each claimed attempt: its row's address and span id, by key.
+        let mut claimed: FastMap<Key, (Tid, String)> = FastMap::default();
+        for row in &rows {
+            if let (Ok(key), Ok(span), Ok(tid)) = (
+                row_key(row),
+                row.try_get::<_, String>(8),
+                row.try_get::<_, Tid>(13),
+            ) {
+                claimed.insert(key, (tid, span));
+            }
+        }
+        if answers
+            .send((index, Claimed::Rows(Ok((rows, warm)))))
+            .is_err()
+        {
+            return;
+        }
+        // Collect what finishes within the window.
+        let mut finished: Vec<Done> = Vec::new();
+        let window = tokio::time::sleep(q.window);
+        tokio::pin!(window);
+        while finished.len() < claimed.len() {
+            tokio::select! {
+                request = requests.recv() => match request {
+                    Some(ToClaimer::Done(d)) if claimed.contains_key(&(d.id, d.generation)) => {
+                        finished.push(d);
+                    }
+                    Some(ToClaimer::Done(d)) => {
+                        let _ = settle.send(d);
+                    }
+                    Some(ToClaimer::Skip(key)) => {
+                        if claimed.remove(&key).is_none() {
+                            give_back(&mut db, &q, key, &events).await;
+                        }
+                    }
+                    // Never while a transaction is open; and the loop has ended.
+                    Some(ToClaimer::Claim(..)) | None => break,
+                },
+                () = &mut window => break,
+            }
+        }
+        let ended = record_claim(&mut db, &q, &claimed, &mut finished, &events).await;
+        for d in finished {
+            let _ = settle.send(d);
+        }
+        if answers.send((index, ended)).is_err() {
             return;
         }
     }
+}
+
+/// Gives back an execution a claim leased to this worker that it did not start (see
+/// [`ToClaimer::Skip`]). If the database is away, the lease expires and a worker
+/// recovers it.
+async fn give_back(db: &mut Db, q: &ClaimQuery, key: Key, events: &EventSink) {
+    if let Some(mut session) = db.session(events).await
+        && let Err(e) =
+            bounded(session.query(sql::UNCLAIM, &[&q.worker_id, &vec![key.0], &vec![key.1]])).await
+    {
+        db.fail(events, e);
+    }
+}
+
+/// Records the attempts of a claim whose transaction is open and commits it: those in
+/// `finished` that completed, as completed (marked so that the settler only reports
+/// them); the rest of `claimed`, as leased (`finished` entries get their rows' new
+/// addresses). On failure the connection is dropped, which rolls the claim back.
+async fn record_claim(
+    db: &mut Db,
+    q: &ClaimQuery,
+    claimed: &FastMap<Key, (Tid, String)>,
+    finished: &mut [Done],
+    events: &EventSink,
+) -> Claimed {
+    let mut done = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut completed: FastSet<Key> = FastSet::default();
+    for d in finished.iter() {
+        let key = (d.id, d.generation);
+        if let (Outcome::Completed(result), false, Some((tid, span))) =
+            (&d.outcome, d.cancelled, claimed.get(&key))
+        {
+            completed.insert(key);
+            done.0.push(*tid);
+            done.1.push(d.id);
+            done.2.push(span.as_str());
+            // As the settler stores results (see `settle_all`).
+            done.3
+                .push(result.as_deref().filter(|r| crate::jsonb::check(r).is_ok()));
+        }
+    }
+    let mut lease = (Vec::new(), Vec::new(), Vec::new());
+    for (key, (tid, span)) in claimed {
+        if !completed.contains(key) {
+            lease.0.push(*tid);
+            lease.1.push(key.0);
+            lease.2.push(span.as_str());
+        }
+    }
+    // Only on the claim's own connection: a new one would not be in its transaction.
+    let session = if db.up() {
+        db.session(events).await
+    } else {
+        None
+    };
+    let recorded = match session {
+        Some(mut session) => {
+            let params: [&(dyn ToSql + Sync); 9] = [
+                &q.worker_id,
+                &q.lease_secs,
+                &done.0,
+                &done.1,
+                &done.2,
+                &done.3,
+                &lease.0,
+                &lease.1,
+                &lease.2,
+            ];
+            match bounded(session.query_commit(sql::SETTLE_CLAIMED, &params)).await {
+                Ok(rows) => recorded_claim(rows.first()).map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            }
+        }
+        // Connection lost since the claim: its transaction is gone.
+        None => Err(String::new()),
+    };
+    let (settled, leased) = match recorded {
+        Ok(r) => r,
+        Err(e) => {
+            if !e.is_empty() {
+                db.fail(events, e);
+            }
+            (FastSet::default(), FastMap::default())
+        }
+    };
+    for d in finished.iter_mut() {
+        if settled.contains(&d.id) {
+            d.by_claim = ByClaim::Completed;
+        } else if let Some(tid) = leased.get(&d.id) {
+            d.tid = Some(*tid);
+        } else {
+            d.by_claim = ByClaim::Unrecorded;
+        }
+    }
+    let ended: FastSet<Key> = finished.iter().map(|d| (d.id, d.generation)).collect();
+    let mut out = (Vec::new(), Vec::new());
+    for key in claimed.keys().filter(|k| !ended.contains(k)) {
+        match leased.get(&key.0) {
+            Some(tid) => out.0.push((*key, *tid)),
+            None => out.1.push(*key),
+        }
+    }
+    Claimed::Ended {
+        leased: out.0,
+        unrecorded: out.1,
+    }
+}
+
+/// The ids [`sql::SETTLE_CLAIMED`] finished, and those it leased with their addresses.
+fn recorded_claim(
+    row: Option<&Row>,
+) -> std::result::Result<(FastSet<Uuid>, FastMap<Uuid, Tid>), tokio_postgres::Error> {
+    let Some(row) = row else {
+        return Ok(Default::default());
+    };
+    let finished: Vec<Uuid> = row.try_get::<_, Option<Vec<Uuid>>>(0)?.unwrap_or_default();
+    let leased: Vec<Uuid> = row.try_get::<_, Option<Vec<Uuid>>>(1)?.unwrap_or_default();
+    let tids: Vec<Tid> = row.try_get::<_, Option<Vec<Tid>>>(2)?.unwrap_or_default();
+    Ok((
+        finished.into_iter().collect(),
+        leased.into_iter().zip(tids).collect(),
+    ))
 }
 
 /// Settles finished attempts as they come, in batches of whatever has arrived, and
@@ -1559,6 +1952,7 @@ fn start(
             id,
             tid,
             cancelled: false,
+            by_claim: ByClaim::Leased,
             generation,
             task: task_name,
             queue: done_queue,
@@ -1650,8 +2044,12 @@ async fn settle_all(
     let mut cancelled = (Vec::new(), Vec::new());
     let mut fail: FailBatch = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut release = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // Recorded by their claim's transaction: only reported here.
+    let mut finished: Vec<Uuid> = Vec::new();
     for d in buf.iter() {
         match &d.outcome {
+            Outcome::Completed(_) if d.by_claim == ByClaim::Completed => finished.push(d.id),
+            _ if d.by_claim == ByClaim::Unrecorded => {}
             Outcome::Completed(result) => {
                 complete.0.push(d.id);
                 complete.1.push(d.generation);
@@ -1760,19 +2158,20 @@ async fn settle_all(
                 ids.push(r.try_get(0)?);
             }
         }
-        for id in ids {
-            settled.insert(id);
-            report.completed += 1;
-            emit(id, "completed", None, "completed");
-            if let Some(d) = by_id.get(&id) {
-                events(Event::Completed {
-                    id,
-                    task: d.task.clone(),
-                    traceparent: d.traceparent.as_deref().map(str::to_string),
-                    attempt: d.attempt,
-                    duration: d.duration,
-                });
-            }
+        finished.extend(ids);
+    }
+    for id in finished {
+        settled.insert(id);
+        report.completed += 1;
+        emit(id, "completed", None, "completed");
+        if let Some(d) = by_id.get(&id) {
+            events(Event::Completed {
+                id,
+                task: d.task.clone(),
+                traceparent: d.traceparent.as_deref().map(str::to_string),
+                attempt: d.attempt,
+                duration: d.duration,
+            });
         }
     }
     if !fail.0.is_empty() {
@@ -1967,13 +2366,20 @@ async fn renew_leases(
     worker_id: Uuid,
     inflight: &FastMap<Key, InFlight>,
     queued: &[Key],
+    provisional: &FastMap<Key, usize>,
     lease_secs: f64,
 ) -> std::result::Result<(std::collections::HashSet<Key>, Vec<Key>), tokio_postgres::Error> {
     client.execute(sql::WORKER_HEARTBEAT, &[&worker_id]).await?;
-    if inflight.is_empty() && queued.is_empty() {
+    // Those whose claim is still open hold no lease yet (their rows are locked).
+    let keys: Vec<Key> = inflight
+        .keys()
+        .chain(queued)
+        .filter(|k| !provisional.contains_key(k))
+        .copied()
+        .collect();
+    if keys.is_empty() {
         return Ok(Default::default());
     }
-    let keys: Vec<Key> = inflight.keys().chain(queued).copied().collect();
     let ids: Vec<Uuid> = keys.iter().map(|k| k.0).collect();
     let generations: Vec<i32> = keys.iter().map(|k| k.1).collect();
     let rows = client
@@ -1991,7 +2397,7 @@ async fn renew_leases(
     // A lease taken over: stop the handler. Its settle is then fenced out and reported
     // as a lost lease.
     for (key, f) in inflight {
-        if !held.contains(key) {
+        if !held.contains(key) && !provisional.contains_key(key) {
             f.stop.cancel();
         }
     }

@@ -618,7 +618,7 @@ async fn the_in_process_worker_calls_every_hook_with_the_stored_ids() {
         "execution flaky failed",
         "execution flaky completed",
         "db.query claim",
-        "db.query complete",
+        "db.query settle_claimed",
         "db.query fail",
     ] {
         assert!(

@@ -448,6 +448,62 @@ async fn an_idle_worker_is_woken_by_notify_not_polling() {
     assert!(worker.wait().unwrap().success());
 }
 
+/// A worker that dies while its claim's transaction is open (the handler still within
+/// the claim window) leaves the row as it was: pending, no attempt used, nothing
+/// locked; another worker runs it at once as attempt 1.
+#[tokio::test]
+async fn a_worker_gone_within_its_claim_window_leaves_the_execution_untouched() {
+    use pgc::handler::{FnHandler, Job, Outcome};
+    use pgc::worker::{self, Handlers, Shutdown, WorkerOptions};
+    use std::sync::Arc;
+    let db = TestDb::migrated().await;
+    let id = enqueue(&db, &["hang"]);
+    let conn = pgc::db::ConnectOptions::resolve(Some(&db.url)).unwrap();
+    let started = Arc::new(tokio::sync::Notify::new());
+    let told = started.clone();
+    let handlers = Handlers::new().task(
+        "hang",
+        Arc::new(FnHandler(move |_job: Job| {
+            let told = told.clone();
+            async move {
+                told.notify_one();
+                std::future::pending::<()>().await;
+                Outcome::Completed(None)
+            }
+        })),
+    );
+    let opts = WorkerOptions {
+        claim_window: Duration::from_secs(600),
+        ..WorkerOptions::default()
+    };
+    // A runtime of its own, so that all of the worker's tasks can go at once.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.spawn(async move {
+        worker::run(&conn, opts, handlers, Shutdown::default(), Arc::new(|_| {})).await
+    });
+    tokio::time::timeout(Duration::from_secs(20), started.notified())
+        .await
+        .expect("the handler to start");
+    let r = row(&db, id).await;
+    assert_eq!(
+        (r.status.as_str(), r.attempts),
+        ("pending", 0),
+        "nothing written yet"
+    );
+    // The worker goes away: its connections close, as when the process dies.
+    rt.shutdown_background();
+    let out = work(
+        &db,
+        &["--", "sh", "-c", "cat >/dev/null; echo \"$PGC_ATTEMPT\""],
+    );
+    out.ok();
+    let r = row(&db, id).await;
+    assert_eq!(r.status, "completed");
+    assert_eq!(r.attempts, 1);
+    assert_eq!(r.result, Some(Value::from(1)));
+    assert!(earlier_attempts(&db, id).await.is_empty());
+}
+
 #[tokio::test]
 async fn a_killed_worker_loses_its_lease_and_another_worker_completes_the_task_once() {
     let db = TestDb::migrated().await;
@@ -460,10 +516,14 @@ async fn a_killed_worker_loses_its_lease_and_another_worker_completes_the_task_o
         runs.display()
     );
     let mut a = spawn_worker(&db, &["--lease", "1s", "--", "sh", "-c", &script]);
+    // Killed once its lease is recorded (a worker that dies within its claim's
+    // transaction leaves nothing behind: see the next test).
     wait_for(
         Duration::from_secs(20),
-        "the first worker to start the task",
-        || async { std::fs::read_to_string(&runs).is_ok() },
+        "the first worker to start the task and lease it",
+        || async {
+            std::fs::read_to_string(&runs).is_ok() && row(&db, id).await.status == "running"
+        },
     )
     .await;
     a.kill().unwrap(); // SIGKILL
@@ -1260,39 +1320,133 @@ async fn a_completion_sent_again_after_its_commit_is_found_completed_under_its_l
     );
 }
 
-/// A settle finds each row at the address its claim returned, and by id when the row
-/// has moved since (a lease renewal writes a new version); an address that holds some
-/// other row, or a stale generation, settles nothing.
+/// A claim locks its rows in an open transaction and writes nothing (other claims pass
+/// over them, other sessions see them pending); recording it finishes an attempt that
+/// completed meanwhile with one write, and leases the rest at new addresses. A settle
+/// finds each leased row at that address, and by id when the row has moved since (a
+/// lease renewal writes a new version); an address that holds some other row, or a
+/// stale generation, settles nothing.
 #[tokio::test]
-async fn completions_find_rows_at_their_claimed_address_or_by_id_once_moved() {
+async fn claims_finish_what_completed_and_lease_the_rest_at_addresses_settles_use() {
     let db = TestDb::migrated().await;
-    let ids: Vec<Uuid> = (0..3).map(|_| enqueue(&db, &["addr"])).collect();
+    let ids: Vec<Uuid> = (0..4).map(|_| enqueue(&db, &["addr"])).collect();
     let client = db.client().await;
+    let other = db.client().await;
     let worker = Uuid::new_v4();
-    let none: Vec<Option<i32>> = vec![None];
-    let no_time: Vec<Option<chrono::DateTime<chrono::Utc>>> = vec![None];
-    let no_id: Vec<Option<Uuid>> = vec![None];
-    let rows = client
-        .query(
-            pgc::sql::CLAIM,
+    let claim = |c: &'static str, limit: i64| {
+        let client = if c == "other" { &other } else { &client };
+        async move {
+            let none: Vec<Option<i32>> = vec![None];
+            let no_time: Vec<Option<chrono::DateTime<chrono::Utc>>> = vec![None];
+            let no_id: Vec<Option<Uuid>> = vec![None];
+            client.batch_execute("begin").await.unwrap();
+            client
+                .query(
+                    pgc::sql::CLAIM,
+                    &[
+                        &vec!["default".to_string()],
+                        &limit,
+                        &None::<Vec<String>>,
+                        &none,
+                        &no_time,
+                        &no_id,
+                    ],
+                )
+                .await
+                .unwrap()
+        }
+    };
+    let rows = claim("client", 3).await;
+    let got: Vec<Uuid> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(got, ids[..3], "the oldest first");
+    // (generation, span id, address) as the claim returned them.
+    let claimed: std::collections::HashMap<Uuid, (i32, String, pgc::tid::Tid)> = rows
+        .iter()
+        .map(|r| (r.get(0), (r.get(7), r.get(8), r.get(13))))
+        .collect();
+    let (a, b, c) = (ids[0], ids[1], ids[2]);
+    // Another claim passes over the locked rows, and rolled back leaves its row as it was.
+    let beside: Vec<Uuid> = claim("other", 10).await.iter().map(|r| r.get(0)).collect();
+    assert_eq!(beside, vec![ids[3]]);
+    other.batch_execute("rollback").await.unwrap();
+    let state = |id: Uuid| {
+        let other = &other;
+        async move {
+            let r = other
+                .query_one(
+                    "select status, attempts, lease_generation, attempt_span_id, result::text,
+                            locked_by, ctid
+                     from pgconductor._private_executions where id = $1",
+                    &[&id],
+                )
+                .await
+                .unwrap();
+            (
+                r.get::<_, String>(0),
+                r.get::<_, i32>(1),
+                r.get::<_, i32>(2),
+                r.get::<_, Option<String>>(3),
+                r.get::<_, Option<String>>(4),
+                r.get::<_, Option<Uuid>>(5),
+                r.get::<_, pgc::tid::Tid>(6),
+            )
+        }
+    };
+    for id in &ids {
+        let s = state(*id).await;
+        assert_eq!(
+            (s.0.as_str(), s.1, s.2, s.3),
+            ("pending", 0, 0, None),
+            "untouched"
+        );
+    }
+    assert_eq!(claimed[&a].0, 1, "the next lease generation");
+    // a completed within the claim's transaction; b and c are still running.
+    let row = client
+        .query_one(
+            pgc::sql::SETTLE_CLAIMED,
             &[
                 &worker,
-                &vec!["default".to_string()],
-                &10i64,
-                &None::<Vec<String>>,
                 &60.0f64,
-                &none,
-                &no_time,
-                &no_id,
+                &vec![claimed[&a].2],
+                &vec![a],
+                &vec![claimed[&a].1.clone()],
+                &vec![Some("{\"n\": 1}")],
+                &vec![claimed[&b].2, claimed[&c].2],
+                &vec![b, c],
+                &vec![claimed[&b].1.clone(), claimed[&c].1.clone()],
             ],
         )
         .await
         .unwrap();
-    assert_eq!(rows.len(), 3);
-    let claimed: std::collections::HashMap<Uuid, (i32, pgc::tid::Tid)> = rows
-        .iter()
-        .map(|r| (r.get(0), (r.get(7), r.get(13))))
+    client.batch_execute("commit").await.unwrap();
+    assert_eq!(row.get::<_, Option<Vec<Uuid>>>(0), Some(vec![a]));
+    let leased: std::collections::HashMap<Uuid, pgc::tid::Tid> = row
+        .get::<_, Vec<Uuid>>(1)
+        .into_iter()
+        .zip(row.get::<_, Vec<pgc::tid::Tid>>(2))
         .collect();
+    let s = state(a).await;
+    assert_eq!(
+        (s.0.as_str(), s.1, s.2, s.3, s.4.as_deref(), s.5),
+        (
+            "completed",
+            1,
+            1,
+            Some(claimed[&a].1.clone()),
+            Some("{\"n\": 1}"),
+            None
+        )
+    );
+    for id in [b, c] {
+        let s = state(id).await;
+        assert_eq!(
+            (s.0.as_str(), s.1, s.2, s.3, s.5),
+            ("running", 1, 1, Some(claimed[&id].1.clone()), Some(worker))
+        );
+        assert_eq!(s.6, leased[&id], "the lease returns the new address");
+    }
+    assert_eq!(state(ids[3]).await.0, "pending");
     let address = |id: Uuid| {
         let client = &client;
         async move {
@@ -1306,15 +1460,7 @@ async fn completions_find_rows_at_their_claimed_address_or_by_id_once_moved() {
                 .get::<_, pgc::tid::Tid>(0)
         }
     };
-    for id in &ids {
-        assert_eq!(
-            address(*id).await,
-            claimed[id].1,
-            "the claim returns the new address"
-        );
-    }
-    // The second one's lease is renewed: a new version at a new address.
-    let (a, b, c) = (ids[0], ids[1], ids[2]);
+    // b's lease is renewed: a new version at a new address.
     client
         .execute(
             pgc::sql::RENEW,
@@ -1322,7 +1468,7 @@ async fn completions_find_rows_at_their_claimed_address_or_by_id_once_moved() {
         )
         .await
         .unwrap();
-    assert_ne!(address(b).await, claimed[&b].1);
+    assert_ne!(address(b).await, leased[&b]);
     let complete = |ids: Vec<Uuid>, generations: Vec<i32>, tids: Vec<Option<pgc::tid::Tid>>| {
         let client = &client;
         async move {
@@ -1340,45 +1486,28 @@ async fn completions_find_rows_at_their_claimed_address_or_by_id_once_moved() {
             settled
         }
     };
-    // c at a's address and a at c's: the rows there are not theirs, so they are
+    // c at b's old address and b at c's: the rows there are not theirs, so they are
     // looked up by id; with a stale generation, nothing settles.
-    let swapped = vec![Some(claimed[&c].1), Some(claimed[&a].1)];
+    let swapped = vec![Some(leased[&c]), Some(leased[&b])];
     assert_eq!(
-        complete(
-            vec![a, c],
-            vec![claimed[&a].0 - 1, claimed[&c].0 - 1],
-            swapped
-        )
-        .await,
+        complete(vec![b, c], vec![0, 0], swapped).await,
         Vec::<Uuid>::new()
     );
-    let mut all = vec![a, b, c];
-    all.sort();
-    let generations = vec![claimed[&a].0, claimed[&b].0, claimed[&c].0];
-    let tids = vec![
-        Some(claimed[&a].1),
-        Some(claimed[&b].1),
-        Some(claimed[&c].1),
-    ];
+    let mut both = vec![b, c];
+    both.sort();
+    let generations = vec![claimed[&b].0, claimed[&c].0];
+    let tids = vec![Some(leased[&b]), Some(leased[&c])];
     assert_eq!(
-        complete(vec![a, b, c], generations.clone(), tids.clone()).await,
-        all,
-        "a and c at their addresses, b by id"
+        complete(vec![b, c], generations.clone(), tids.clone()).await,
+        both,
+        "c at its address, b by id"
     );
-    let statuses: Vec<String> = client
-        .query(
-            "select status from pgconductor._private_executions where id = any($1)",
-            &[&all],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert_eq!(statuses, vec!["completed"; 3]);
+    for id in [b, c] {
+        assert_eq!(state(id).await.0, "completed");
+    }
     // Settled once: sent again, nothing settles.
     assert_eq!(
-        complete(vec![a, b, c], generations.clone(), tids.clone()).await,
+        complete(vec![b, c], generations, tids).await,
         Vec::<Uuid>::new()
     );
 }
