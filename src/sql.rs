@@ -243,6 +243,17 @@ select f.ids, l.ids, l.tids,
 from (select array_agg(id) as ids from finished) f,
      (select array_agg(id) as ids, array_agg(ctid) as tids from leased) l";
 
+/// What became of a claim whose [`SETTLE_CLAIMED`] failed before its answer came back
+/// (its commit may have gone through): of the executions `$1` with the attempt span ids
+/// `$2` the claim gave them, those its transaction recorded, with their status and
+/// address. Span ids are random and written only by the claim that drew them, so a
+/// match is that transaction's write.
+pub const CLAIM_RECORDED: &str = "
+select e.id, e.status, e.ctid
+from pgconductor._private_executions e
+join unnest($1::uuid[], $2::text[]) as v(id, span) on e.id = v.id
+where e.attempt_span_id = v.span";
+
 /// What a completion writes on each execution it settles (both paths of [`COMPLETE`]).
 macro_rules! complete_set {
     () => {
@@ -253,12 +264,12 @@ macro_rules! complete_set {
 }
 
 /// Settle completed attempts: `$2` ids, `$3` generations, `$4` results (JSON text or
-/// null), `$5` the row addresses their claims returned (null when unknown), and wake
+/// null), `$5` the row addresses their leases returned (null when unknown), and wake
 /// `--wait`ers when any was settled. One row: the array of the ids it settled (null when
 /// none; the others had lost their lease).
 ///
 /// Each row is looked for at its address first: a fetch of one heap page instead of a
-/// descent of the primary key. A row that moved since its claim (a lease renewal or a
+/// descent of the primary key. A row that moved since its lease (a lease renewal or a
 /// cancel request wrote a new version) is found by id instead. The fencing conditions
 /// are the same on both paths, and the second skips the rows the first settled.
 pub const COMPLETE: &str = concat!(
@@ -522,9 +533,9 @@ set span_id = excluded.span_id, status = excluded.status, output = excluded.outp
 
 /// Give back executions a worker claimed ahead (`--prefetch`) but never started: `$2`
 /// ids, `$3` generations. No attempt was used and none is recorded. Their queues are
-/// notified, as after an enqueue: idle workers take them at once, and a claim that
-/// locked one of them while it was being given back (see [`CLAIM`]) is followed by
-/// another.
+/// notified, as after an enqueue: idle workers take them at once, and a claim that ran
+/// while they were being given back (its snapshot still saw them running) is followed
+/// by another.
 pub const UNCLAIM: &str = "
 with upd as (
     update pgconductor._private_executions e

@@ -4,9 +4,12 @@
 //! (`FOR UPDATE SKIP LOCKED`), concurrency is bounded, and results are settled in
 //! batches. Claiming and settling each run in a task of their own on a connection of
 //! their own, so the loop that starts and collects handlers never waits for either and
-//! PostgreSQL works on both at once. Every claim is a lease with a generation; the worker renews its leases while
-//! handlers run, and every settle names the generation it claimed, so a worker whose
-//! lease was taken over can never settle (fencing). Expired leases of dead workers are
+//! PostgreSQL works on both at once. A claim locks its rows in a transaction it keeps
+//! open for a short window: attempts that finish within it are recorded as completed
+//! by one write when it commits, the others are leased then, each lease with a new
+//! generation. The worker renews its leases while handlers run, and every settle names
+//! the generation it was leased under, so a worker whose lease was taken over can never
+//! settle (fencing). Expired leases of dead workers are
 //! reaped by the living. LISTEN/NOTIFY wakes an idle worker, polling covers lost
 //! notifications, and a lost database connection is re-established with backoff while
 //! handlers keep running. Nothing here prints: what happens is reported as [`Event`]s.
@@ -81,8 +84,9 @@ pub struct WorkerOptions {
     /// Most executions claimed by one statement.
     pub claim_batch: usize,
     /// Executions claimed ahead of free handler slots, so that a slot that frees starts
-    /// the next one without waiting for a claim. They hold their lease while they wait,
-    /// so other workers cannot take them, and their attempt starts at the claim. The
+    /// the next one without waiting for a claim. They stay claimed while they wait (locked,
+    /// then leased), so other workers cannot take them, and their attempt starts at the
+    /// claim. The
     /// worker claims ahead at least this many, and more when handlers are short (see
     /// `ClaimAhead`).
     pub prefetch: usize,
@@ -342,7 +346,9 @@ pub struct Shutdown {
 
 /// A running attempt: (execution id, lease generation). The generation tells apart two
 /// attempts of one execution on this worker (its lease was taken over, then it claimed
-/// the execution again while the old handler was still stopping).
+/// the execution again while the old handler was still stopping), except after a claim
+/// whose transaction was lost: nothing was written, so the next claim draws the same
+/// generation (see [`ByClaim::Unrecorded`] and [`ToClaimer::Skip`]).
 type Key = (Uuid, i32);
 
 struct InFlight {
@@ -459,6 +465,10 @@ struct Db {
     stmts: HashMap<&'static str, Statement>,
     retry_at: Instant,
     backoff: Duration,
+    /// Connections made so far: tells whether a transaction begun on one is still open.
+    epoch: u64,
+    /// Run on each new connection (session settings), besides generic plans.
+    setup: Option<String>,
     /// Told of every prepared statement run (`db.query`).
     telemetry: crate::telemetry::Hooks,
 }
@@ -590,8 +600,15 @@ impl Db {
             stmts: HashMap::new(),
             retry_at: Instant::now(),
             backoff: Duration::from_millis(100),
+            epoch: 0,
+            setup: None,
             telemetry: crate::telemetry::Hooks::default(),
         }
+    }
+
+    fn with_setup(mut self, setup: String) -> Self {
+        self.setup = Some(setup);
+        self
     }
 
     fn with_telemetry(mut self, telemetry: crate::telemetry::Hooks) -> Self {
@@ -614,8 +631,15 @@ impl Db {
                     // Statements are planned once, whatever their parameters (a session
                     // setting; a server that does not know it only loses the speed-up).
                     let _ = c.batch_execute(sql::GENERIC_PLANS).await;
+                    if let Some(setup) = &self.setup
+                        && let Err(e) = c.batch_execute(setup).await
+                    {
+                        self.fail(events, e.to_string());
+                        return None;
+                    }
                     self.stmts.clear();
                     self.client = Some(c);
+                    self.epoch += 1;
                     self.backoff = Duration::from_millis(100);
                 }
                 Err(e) => {
@@ -656,6 +680,11 @@ pub async fn run(
     shutdown: Shutdown,
     events: EventSink,
 ) -> Result<Report> {
+    let mut opts = opts;
+    // Each queue once: a claim locks up to its limit per queue listed, and a row of a
+    // queue listed twice would come back twice.
+    let mut seen = std::collections::HashSet::new();
+    opts.queues.retain(|q| seen.insert(q.clone()));
     let conn = conn.with_default_application_name("pgc worker");
     let first = conn.connect().await?;
     crate::migrate::check_schema(&first).await?;
@@ -745,18 +774,29 @@ pub async fn run(
     // never waits for one. A second claimer claims while the first is busy, when there
     // is room for both claims: PostgreSQL then works on two claims at once.
     let (claimed_tx, mut claimed_rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Claimed)>();
+    // A claimer frozen inside its window (a stopped process, a stalled machine) would
+    // hold its rows locked, and no lease would ever expire for them: the server ends
+    // such a session once it has sat in its transaction for a lease, and the rows are
+    // free again (as a lease of that length would have run out).
+    let claimer_setup = format!(
+        "set idle_in_transaction_session_timeout = {}",
+        opts.lease.as_millis().clamp(1, i32::MAX as u128)
+    );
     let mut claimers: Vec<Claimer> = (0..CLAIMERS)
         .map(|index| {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<ToClaimer>();
             let task = tokio::spawn(claimer(
                 index,
-                Db::new(conn.clone(), None).with_telemetry(opts.telemetry.clone()),
+                Db::new(conn.clone(), None)
+                    .with_telemetry(opts.telemetry.clone())
+                    .with_setup(claimer_setup.clone()),
                 ClaimQuery {
                     worker_id,
                     queues: opts.queues.clone(),
                     tasks: claimable.clone(),
                     lease_secs,
-                    window: opts.claim_window,
+                    // Well inside the lease (see `claimer_setup`).
+                    window: opts.claim_window.min(opts.lease / 2),
                     telemetry: opts.telemetry.clone(),
                 },
                 rx,
@@ -985,6 +1025,10 @@ pub async fn run(
                             c.open = true;
                             rows.retain(|row| {
                                 let Ok(key) = row_key(row) else { return true };
+                                if provisional.get(&key) == Some(&index) {
+                                    // The same row twice in one claim: once is enough.
+                                    return false;
+                                }
                                 if provisional.contains_key(&key) || inflight.contains_key(&key) {
                                     let _ = c.requests.send(ToClaimer::Skip(key));
                                     return false;
@@ -1559,12 +1603,23 @@ async fn claimer(
     settle: tokio::sync::mpsc::UnboundedSender<Done>,
     events: EventSink,
 ) {
+    // What the last claim's transaction did with the attempts that had not finished in
+    // its window: leased (at this address), or not recorded. Their `Done`s can still
+    // come here until the worker's loop has heard of the end.
+    let mut fates: FastMap<Key, Option<Tid>> = FastMap::default();
+    let pass_on = |mut d: Done, fates: &FastMap<Key, Option<Tid>>| {
+        match fates.get(&(d.id, d.generation)) {
+            Some(Some(tid)) => d.tid = Some(*tid),
+            Some(None) => d.by_claim = ByClaim::Unrecorded,
+            None => {}
+        }
+        let _ = settle.send(d);
+    };
     while let Some(request) = requests.recv().await {
         let (n, starts) = match request {
             ToClaimer::Claim(n, starts) => (n, starts),
-            // Settled after the transaction: its execution is leased by now.
             ToClaimer::Done(d) => {
-                let _ = settle.send(d);
+                pass_on(d, &fates);
                 continue;
             }
             ToClaimer::Skip(key) => {
@@ -1585,23 +1640,20 @@ async fn claimer(
                 let started = Instant::now();
                 let params: [&(dyn ToSql + Sync); 6] =
                     [&q.queues, &limit, &q.tasks, &priorities, &run_ats, &ids];
-                match bounded(session.begin_query(sql::CLAIM, &params)).await {
-                    Ok(rows) if rows.is_empty() => {
-                        match bounded(session.client.batch_execute("commit")).await {
-                            Ok(()) => Ok(rows),
-                            Err(e) => Err(e),
-                        }
-                    }
-                    Ok(rows) => {
-                        q.telemetry.event(&TelemetryEvent::Fetch {
-                            queues: &q.queues,
-                            count: rows.len(),
-                            duration: started.elapsed(),
-                        });
-                        Ok(rows)
-                    }
-                    Err(e) => Err(e),
+                let claimed = match bounded(session.begin_query(sql::CLAIM, &params)).await {
+                    Ok(rows) if rows.is_empty() => bounded(session.client.batch_execute("commit"))
+                        .await
+                        .map(|()| rows),
+                    answer => answer,
+                };
+                if let Ok(rows) = &claimed {
+                    q.telemetry.event(&TelemetryEvent::Fetch {
+                        queues: &q.queues,
+                        count: rows.len(),
+                        duration: started.elapsed(),
+                    });
                 }
+                claimed
             }
             None => Err(String::new()),
         };
@@ -1645,8 +1697,12 @@ async fn claimer(
         {
             return;
         }
+        let epoch = db.epoch;
         // Collect what finishes within the window.
         let mut finished: Vec<Done> = Vec::new();
+        // Skipped executions of the last claim: given back once this one is recorded
+        // (not on this connection while its transaction is open).
+        let mut skipped: Vec<Key> = Vec::new();
         let window = tokio::time::sleep(q.window);
         tokio::pin!(window);
         while finished.len() < claimed.len() {
@@ -1655,12 +1711,10 @@ async fn claimer(
                     Some(ToClaimer::Done(d)) if claimed.contains_key(&(d.id, d.generation)) => {
                         finished.push(d);
                     }
-                    Some(ToClaimer::Done(d)) => {
-                        let _ = settle.send(d);
-                    }
+                    Some(ToClaimer::Done(d)) => pass_on(d, &fates),
                     Some(ToClaimer::Skip(key)) => {
                         if claimed.remove(&key).is_none() {
-                            give_back(&mut db, &q, key, &events).await;
+                            skipped.push(key);
                         }
                     }
                     // Never while a transaction is open; and the loop has ended.
@@ -1669,12 +1723,20 @@ async fn claimer(
                 () = &mut window => break,
             }
         }
-        let ended = record_claim(&mut db, &q, &claimed, &mut finished, &events).await;
+        let ended = record_claim(&mut db, &q, epoch, &claimed, &mut finished, &events).await;
         for d in finished {
             let _ = settle.send(d);
         }
+        fates.clear();
+        if let Claimed::Ended { leased, unrecorded } = &ended {
+            fates.extend(leased.iter().map(|(k, t)| (*k, Some(*t))));
+            fates.extend(unrecorded.iter().map(|k| (*k, None)));
+        }
         if answers.send((index, ended)).is_err() {
             return;
+        }
+        for key in skipped {
+            give_back(&mut db, &q, key, &events).await;
         }
     }
 }
@@ -1698,6 +1760,7 @@ async fn give_back(db: &mut Db, q: &ClaimQuery, key: Key, events: &EventSink) {
 async fn record_claim(
     db: &mut Db,
     q: &ClaimQuery,
+    epoch: u64,
     claimed: &FastMap<Key, (Tid, String)>,
     finished: &mut [Done],
     events: &EventSink,
@@ -1727,11 +1790,12 @@ async fn record_claim(
         }
     }
     // Only on the claim's own connection: a new one would not be in its transaction.
-    let session = if db.up() {
+    let session = if db.up() && db.epoch == epoch {
         db.session(events).await
     } else {
         None
     };
+    let sent = session.is_some();
     let recorded = match session {
         Some(mut session) => {
             let params: [&(dyn ToSql + Sync); 9] = [
@@ -1759,7 +1823,12 @@ async fn record_claim(
             if !e.is_empty() {
                 db.fail(events, e);
             }
-            (FastSet::default(), FastMap::default())
+            // Sent, the commit may have gone through before the error: ask.
+            let asked = match sent {
+                true => claim_recorded(db, claimed, events).await,
+                false => None,
+            };
+            asked.unwrap_or_default()
         }
     };
     for d in finished.iter_mut() {
@@ -1783,6 +1852,48 @@ async fn record_claim(
         leased: out.0,
         unrecorded: out.1,
     }
+}
+
+/// After a failed [`sql::SETTLE_CLAIMED`]: what its transaction recorded after all, read
+/// on a new connection once the reconnect backoff has passed (see
+/// [`sql::CLAIM_RECORDED`]). `None` when that fails too: the claim then counts as not
+/// recorded, and what it did record is recovered as any lost lease is.
+async fn claim_recorded(
+    db: &mut Db,
+    claimed: &FastMap<Key, (Tid, String)>,
+    events: &EventSink,
+) -> Option<(FastSet<Uuid>, FastMap<Uuid, Tid>)> {
+    tokio::time::sleep_until(db.retry_at.into()).await;
+    let mut session = db.session(events).await?;
+    let (ids, spans): (Vec<Uuid>, Vec<&str>) =
+        claimed.iter().map(|(k, (_, s))| (k.0, s.as_str())).unzip();
+    let rows = match bounded(session.query(sql::CLAIM_RECORDED, &[&ids, &spans])).await {
+        Ok(rows) => rows,
+        Err(e) => {
+            db.fail(events, e);
+            return None;
+        }
+    };
+    let mut out = (FastSet::default(), FastMap::default());
+    for r in rows {
+        let (Ok(id), Ok(status), Ok(tid)) = (
+            r.try_get(0),
+            r.try_get::<_, &str>(1),
+            r.try_get::<_, Tid>(2),
+        ) else {
+            continue;
+        };
+        match status {
+            "completed" => {
+                out.0.insert(id);
+            }
+            "running" => {
+                out.1.insert(id, tid);
+            }
+            _ => {}
+        }
+    }
+    Some(out)
 }
 
 /// The ids [`sql::SETTLE_CLAIMED`] finished, and those it leased with their addresses.

@@ -504,6 +504,44 @@ async fn a_worker_gone_within_its_claim_window_leaves_the_execution_untouched() 
     assert!(earlier_attempts(&db, id).await.is_empty());
 }
 
+/// A queue listed twice is claimed from once: every execution runs once.
+#[tokio::test]
+async fn a_queue_listed_twice_runs_each_execution_once() {
+    use pgc::handler::{FnHandler, Job, Outcome};
+    use pgc::worker::{self, Handlers, Shutdown, WorkerOptions};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let db = TestDb::migrated().await;
+    for _ in 0..20 {
+        enqueue(&db, &["twice"]);
+    }
+    let runs = Arc::new(AtomicUsize::new(0));
+    let counted = runs.clone();
+    let handlers = Handlers::new().task(
+        "twice",
+        Arc::new(FnHandler(move |_job: Job| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async { Outcome::Completed(None) }
+        })),
+    );
+    let opts = WorkerOptions {
+        queues: vec!["default".into(), "default".into()],
+        until_empty: true,
+        ..WorkerOptions::default()
+    };
+    let conn = pgc::db::ConnectOptions::resolve(Some(&db.url)).unwrap();
+    let report = tokio::time::timeout(
+        Duration::from_secs(60),
+        worker::run(&conn, opts, handlers, Shutdown::default(), Arc::new(|_| {})),
+    )
+    .await
+    .expect("the worker to drain the queue")
+    .unwrap();
+    assert_eq!(report.completed, 20);
+    assert_eq!(runs.load(Ordering::SeqCst), 20);
+    completed_once(&db, 20).await;
+}
+
 #[tokio::test]
 async fn a_killed_worker_loses_its_lease_and_another_worker_completes_the_task_once() {
     let db = TestDb::migrated().await;
