@@ -70,7 +70,7 @@ pub struct WorkArgs {
     pub shutdown_timeout: Duration,
 
     /// Claim at least N executions ahead of free handler slots, so that a slot that
-    /// frees starts the next task without waiting for a claim. They hold their lease
+    /// frees starts the next task without waiting for a claim. They stay claimed
     /// while they wait, so other workers cannot take them; given back unused at
     /// shutdown. With 0 (the default) the worker claims ahead only as many as its
     /// handlers finish during one claim: none when they run much longer than a claim.
