@@ -254,6 +254,17 @@ from pgconductor._private_executions e
 join unnest($1::uuid[], $2::text[]) as v(id, span) on e.id = v.id
 where e.attempt_span_id = v.span";
 
+/// The server process of this connection and when it started (see [`END_BACKEND`]).
+pub const BACKEND: &str = "
+select pg_backend_pid(), backend_start from pg_stat_activity where pid = pg_backend_pid()";
+
+/// End the server process `$1` that started at `$2` (so not a later one with the same
+/// pid), waiting up to 10 s for it to exit: its open transaction is rolled back, or its
+/// commit finished, by then. Ending a session of the same role needs no privilege.
+pub const END_BACKEND: &str = "
+select pg_terminate_backend(pid, 10000) from pg_stat_activity
+where pid = $1 and backend_start = $2";
+
 /// What a completion writes on each execution it settles (both paths of [`COMPLETE`]).
 macro_rules! complete_set {
     () => {

@@ -469,6 +469,8 @@ struct Db {
     epoch: u64,
     /// Run on each new connection (session settings), besides generic plans.
     setup: Option<String>,
+    /// The server process of the current connection and when it started.
+    backend: Option<(i32, chrono::DateTime<chrono::Utc>)>,
     /// Told of every prepared statement run (`db.query`).
     telemetry: crate::telemetry::Hooks,
 }
@@ -602,6 +604,7 @@ impl Db {
             backoff: Duration::from_millis(100),
             epoch: 0,
             setup: None,
+            backend: None,
             telemetry: crate::telemetry::Hooks::default(),
         }
     }
@@ -625,17 +628,27 @@ impl Db {
         if !self.up() && Instant::now() >= self.retry_at {
             match self.opts.connect().await {
                 Ok(c) => {
-                    if self.client.is_some() || self.backoff > Duration::from_millis(100) {
-                        events(Event::DatabaseBack);
-                    }
                     // Statements are planned once, whatever their parameters (a session
                     // setting; a server that does not know it only loses the speed-up).
-                    let _ = c.batch_execute(sql::GENERIC_PLANS).await;
-                    if let Some(setup) = &self.setup
-                        && let Err(e) = c.batch_execute(setup).await
-                    {
-                        self.fail(events, e.to_string());
-                        return None;
+                    // The same for `setup`, a safety net.
+                    let mut settings = vec![sql::GENERIC_PLANS];
+                    settings.extend(self.setup.as_deref());
+                    for setting in settings {
+                        if let Err(e) = bounded(c.batch_execute(setting)).await
+                            && c.is_closed()
+                        {
+                            self.fail(events, e);
+                            return None;
+                        }
+                    }
+                    // Which backend serves it, to end that backend if an answer from it
+                    // is lost while it may still be working (see `claim_recorded`).
+                    self.backend = match bounded(c.query_one(sql::BACKEND, &[])).await {
+                        Ok(row) => row.try_get(0).ok().zip(row.try_get(1).ok()),
+                        Err(_) => None,
+                    };
+                    if self.client.is_some() || self.backoff > Duration::from_millis(100) {
+                        events(Event::DatabaseBack);
                     }
                     self.stmts.clear();
                     self.client = Some(c);
@@ -649,6 +662,21 @@ impl Db {
             }
         }
         self.client.as_ref().filter(|c| !c.is_closed())
+    }
+
+    /// The current connection with its prepared statements if it is connection number
+    /// `epoch` and still open; never a new one (a transaction begun on it would not be
+    /// there).
+    fn session_on(&mut self, epoch: u64) -> Option<Session<'_>> {
+        if self.epoch != epoch {
+            return None;
+        }
+        let client = self.client.as_ref().filter(|c| !c.is_closed())?;
+        Some(Session {
+            client,
+            stmts: &mut self.stmts,
+            telemetry: &self.telemetry,
+        })
     }
 
     /// The client with its prepared statements; `None` while the database is away.
@@ -1247,9 +1275,16 @@ pub async fn run(
 
     events(Event::Finishing);
     listener_stop.cancel();
+    let abandoned = hard_stop.is_some_and(|d| tokio::time::Instant::now() >= d);
     for c in claimers {
+        // A claimer finishes what it was told (executions to give back) and ends.
         drop(c.requests);
-        c.task.abort();
+        if abandoned {
+            c.task.abort();
+        } else {
+            // Past that, its give-backs are recovered when their leases expire.
+            let _ = tokio::time::timeout(HARD_STOP, c.task).await;
+        }
     }
     drop(settle_tx);
     let mut report = if hard_stop.is_some_and(|d| tokio::time::Instant::now() >= d) {
@@ -1700,8 +1735,8 @@ async fn claimer(
         let epoch = db.epoch;
         // Collect what finishes within the window.
         let mut finished: Vec<Done> = Vec::new();
-        // Skipped executions of the last claim: given back once this one is recorded
-        // (not on this connection while its transaction is open).
+        // Skips that name no execution of this claim (so one leased before): given back
+        // once it is recorded, not inside its transaction.
         let mut skipped: Vec<Key> = Vec::new();
         let window = tokio::time::sleep(q.window);
         tokio::pin!(window);
@@ -1732,11 +1767,12 @@ async fn claimer(
             fates.extend(leased.iter().map(|(k, t)| (*k, Some(*t))));
             fates.extend(unrecorded.iter().map(|k| (*k, None)));
         }
-        if answers.send((index, ended)).is_err() {
-            return;
-        }
+        // Before the end is told: the worker's loop may finish right after it.
         for key in skipped {
             give_back(&mut db, &q, key, &events).await;
+        }
+        if answers.send((index, ended)).is_err() {
+            return;
         }
     }
 }
@@ -1790,11 +1826,7 @@ async fn record_claim(
         }
     }
     // Only on the claim's own connection: a new one would not be in its transaction.
-    let session = if db.up() && db.epoch == epoch {
-        db.session(events).await
-    } else {
-        None
-    };
+    let session = db.session_on(epoch);
     let sent = session.is_some();
     let recorded = match session {
         Some(mut session) => {
@@ -1815,17 +1847,16 @@ async fn record_claim(
             }
         }
         // Connection lost since the claim: its transaction is gone.
-        None => Err(String::new()),
+        None => Err("connection lost while a claim was open".to_string()),
     };
     let (settled, leased) = match recorded {
         Ok(r) => r,
         Err(e) => {
-            if !e.is_empty() {
-                db.fail(events, e);
-            }
+            let backend = db.backend;
+            db.fail(events, e);
             // Sent, the commit may have gone through before the error: ask.
             let asked = match sent {
-                true => claim_recorded(db, claimed, events).await,
+                true => claim_recorded(db, backend, claimed, events).await,
                 false => None,
             };
             asked.unwrap_or_default()
@@ -1855,16 +1886,23 @@ async fn record_claim(
 }
 
 /// After a failed [`sql::SETTLE_CLAIMED`]: what its transaction recorded after all, read
-/// on a new connection once the reconnect backoff has passed (see
-/// [`sql::CLAIM_RECORDED`]). `None` when that fails too: the claim then counts as not
+/// on a new connection once the reconnect backoff has passed and the claim's backend
+/// has been ended (see [`sql::CLAIM_RECORDED`]). `None` when that fails too: the claim then counts as not
 /// recorded, and what it did record is recovered as any lost lease is.
 async fn claim_recorded(
     db: &mut Db,
+    backend: Option<(i32, chrono::DateTime<chrono::Utc>)>,
     claimed: &FastMap<Key, (Tid, String)>,
     events: &EventSink,
 ) -> Option<(FastSet<Uuid>, FastMap<Uuid, Tid>)> {
     tokio::time::sleep_until(db.retry_at.into()).await;
     let mut session = db.session(events).await?;
+    // The claim's backend may still be at work on it (its answer lost, not its
+    // connection): end it first, so that what is read is final. Without it (an old
+    // server, no permission), what it commits later is recovered as a lost lease.
+    if let Some((pid, started)) = backend {
+        let _ = bounded(session.client.execute(sql::END_BACKEND, &[&pid, &started])).await;
+    }
     let (ids, spans): (Vec<Uuid>, Vec<&str>) =
         claimed.iter().map(|(k, (_, s))| (k.0, s.as_str())).unzip();
     let rows = match bounded(session.query(sql::CLAIM_RECORDED, &[&ids, &spans])).await {

@@ -1550,6 +1550,106 @@ async fn claims_finish_what_completed_and_lease_the_rest_at_addresses_settles_us
     );
 }
 
+/// What a claim whose answer was lost did is read back by the span ids it drew, after
+/// its backend is ended: an open claim's backend ends and its rows are free again; a
+/// recorded one is found completed or leased, and a span it did not draw finds nothing.
+#[tokio::test]
+async fn a_lost_claim_is_ended_and_read_back_by_its_span_ids() {
+    let db = TestDb::migrated().await;
+    let ids: Vec<Uuid> = (0..2).map(|_| enqueue(&db, &["lost"])).collect();
+    let client = db.client().await;
+    let other = db.client().await;
+    async fn claim(c: &tokio_postgres::Client) -> Vec<tokio_postgres::Row> {
+        let none: Vec<Option<i32>> = vec![None];
+        let no_time: Vec<Option<chrono::DateTime<chrono::Utc>>> = vec![None];
+        let no_id: Vec<Option<Uuid>> = vec![None];
+        c.batch_execute("begin").await.unwrap();
+        c.query(
+            pgc::sql::CLAIM,
+            &[
+                &vec!["default".to_string()],
+                &10i64,
+                &None::<Vec<String>>,
+                &none,
+                &no_time,
+                &no_id,
+            ],
+        )
+        .await
+        .unwrap()
+    }
+    // An open claim's backend, ended from another session: its rows are free again.
+    assert_eq!(claim(&client).await.len(), 2);
+    let backend = client.query_one(pgc::sql::BACKEND, &[]).await.unwrap();
+    let (pid, started): (i32, chrono::DateTime<chrono::Utc>) = (backend.get(0), backend.get(1));
+    let ended = other
+        .query(pgc::sql::END_BACKEND, &[&pid, &started])
+        .await
+        .unwrap();
+    assert_eq!(ended.len(), 1);
+    assert!(ended[0].get::<_, bool>(0));
+    assert!(client.query_one("select 1", &[]).await.is_err(), "ended");
+    // Not one started at another time.
+    assert!(
+        other
+            .query(
+                pgc::sql::END_BACKEND,
+                &[&pid, &(started - chrono::TimeDelta::seconds(1))]
+            )
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let rows = claim(&other).await;
+    assert_eq!(rows.len(), 2, "the ended claim's rows are free");
+    let worker = Uuid::new_v4();
+    let (a, b) = (rows[0].get::<_, Uuid>(0), rows[1].get::<_, Uuid>(0));
+    let span = |i: usize| rows[i].get::<_, String>(8);
+    let tid = |i: usize| rows[i].get::<_, pgc::tid::Tid>(13);
+    other
+        .query_one(
+            pgc::sql::SETTLE_CLAIMED,
+            &[
+                &worker,
+                &60.0f64,
+                &vec![tid(0)],
+                &vec![a],
+                &vec![span(0)],
+                &vec![None::<String>],
+                &vec![tid(1)],
+                &vec![b],
+                &vec![span(1)],
+            ],
+        )
+        .await
+        .unwrap();
+    other.batch_execute("commit").await.unwrap();
+    let read = |spans: Vec<String>| {
+        let other = &other;
+        let ids = vec![a, b];
+        async move {
+            let mut found: Vec<(Uuid, String)> = other
+                .query(pgc::sql::CLAIM_RECORDED, &[&ids, &spans])
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect();
+            found.sort();
+            found
+        }
+    };
+    let mut expected = vec![(a, "completed".to_string()), (b, "running".to_string())];
+    expected.sort();
+    assert_eq!(read(vec![span(0), span(1)]).await, expected);
+    assert_eq!(
+        read(vec!["0000000000000001".into(), span(1)]).await,
+        vec![(b, "running".to_string())],
+        "a span the claim did not draw"
+    );
+    assert!(ids.contains(&a) && ids.contains(&b));
+}
+
 /// A log line that cannot be written (stderr's reader went away) costs the line, not
 /// the work: the worker goes on, settles, and exits with the work's code.
 #[tokio::test]
