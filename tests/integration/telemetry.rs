@@ -465,15 +465,7 @@ async fn a_signal_stops_the_worker_s_exports_at_exit() {
     let client = db.client().await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
-        let status: String = client
-            .query_one(
-                "select status from pgconductor._private_executions where id = $1",
-                &[&id],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if status == "completed" {
+        if status(&client, id).await == "completed" {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "never completed");
@@ -537,17 +529,7 @@ async fn a_collector_that_never_answers_costs_a_warning_not_the_work() {
     let out = run(&mut work, &["work", "--until-empty", "--", "true"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(out.stderr.contains("pgc: warning: "), "{}", out.stderr);
-    let status: String = db
-        .client()
-        .await
-        .query_one(
-            "select status from pgconductor._private_executions where id = $1",
-            &[&id],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(status, "completed");
+    assert_eq!(status(&db.client().await, id).await, "completed");
 }
 
 /// Records what the hooks are told.
@@ -1013,4 +995,16 @@ async fn console_metrics_go_to_stderr_as_json_lines() {
         sent["points"][0]["attributes"]["messaging.destination.name"],
         "mail"
     );
+}
+
+/// The status of execution `id`.
+async fn status(client: &tokio_postgres::Client, id: Uuid) -> String {
+    client
+        .query_one(
+            "select status from pgconductor._private_executions where id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0)
 }

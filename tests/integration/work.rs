@@ -1358,6 +1358,29 @@ async fn a_completion_sent_again_after_its_commit_is_found_completed_under_its_l
     );
 }
 
+/// Begins a transaction on `client` and claims up to `limit` due executions of the
+/// default queue in it, from the beginning of the queue.
+async fn begin_claim(client: &tokio_postgres::Client, limit: i64) -> Vec<tokio_postgres::Row> {
+    let none: Vec<Option<i32>> = vec![None];
+    let no_time: Vec<Option<chrono::DateTime<chrono::Utc>>> = vec![None];
+    let no_id: Vec<Option<Uuid>> = vec![None];
+    client.batch_execute("begin").await.unwrap();
+    client
+        .query(
+            pgc::sql::CLAIM,
+            &[
+                &vec!["default".to_string()],
+                &limit,
+                &None::<Vec<String>>,
+                &none,
+                &no_time,
+                &no_id,
+            ],
+        )
+        .await
+        .unwrap()
+}
+
 /// A claim locks its rows in an open transaction and writes nothing (other claims pass
 /// over them, other sessions see them pending); recording it finishes an attempt that
 /// completed meanwhile with one write, and leases the rest at new addresses. A settle
@@ -1371,30 +1394,7 @@ async fn claims_finish_what_completed_and_lease_the_rest_at_addresses_settles_us
     let client = db.client().await;
     let other = db.client().await;
     let worker = Uuid::new_v4();
-    let claim = |c: &'static str, limit: i64| {
-        let client = if c == "other" { &other } else { &client };
-        async move {
-            let none: Vec<Option<i32>> = vec![None];
-            let no_time: Vec<Option<chrono::DateTime<chrono::Utc>>> = vec![None];
-            let no_id: Vec<Option<Uuid>> = vec![None];
-            client.batch_execute("begin").await.unwrap();
-            client
-                .query(
-                    pgc::sql::CLAIM,
-                    &[
-                        &vec!["default".to_string()],
-                        &limit,
-                        &None::<Vec<String>>,
-                        &none,
-                        &no_time,
-                        &no_id,
-                    ],
-                )
-                .await
-                .unwrap()
-        }
-    };
-    let rows = claim("client", 3).await;
+    let rows = begin_claim(&client, 3).await;
     let got: Vec<Uuid> = rows.iter().map(|r| r.get(0)).collect();
     assert_eq!(got, ids[..3], "the oldest first");
     // (generation, span id, address) as the claim returned them.
@@ -1404,7 +1404,11 @@ async fn claims_finish_what_completed_and_lease_the_rest_at_addresses_settles_us
         .collect();
     let (a, b, c) = (ids[0], ids[1], ids[2]);
     // Another claim passes over the locked rows, and rolled back leaves its row as it was.
-    let beside: Vec<Uuid> = claim("other", 10).await.iter().map(|r| r.get(0)).collect();
+    let beside: Vec<Uuid> = begin_claim(&other, 10)
+        .await
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     assert_eq!(beside, vec![ids[3]]);
     other.batch_execute("rollback").await.unwrap();
     let state = |id: Uuid| {
@@ -1559,27 +1563,8 @@ async fn a_lost_claim_is_ended_and_read_back_by_its_span_ids() {
     let ids: Vec<Uuid> = (0..2).map(|_| enqueue(&db, &["lost"])).collect();
     let client = db.client().await;
     let other = db.client().await;
-    async fn claim(c: &tokio_postgres::Client) -> Vec<tokio_postgres::Row> {
-        let none: Vec<Option<i32>> = vec![None];
-        let no_time: Vec<Option<chrono::DateTime<chrono::Utc>>> = vec![None];
-        let no_id: Vec<Option<Uuid>> = vec![None];
-        c.batch_execute("begin").await.unwrap();
-        c.query(
-            pgc::sql::CLAIM,
-            &[
-                &vec!["default".to_string()],
-                &10i64,
-                &None::<Vec<String>>,
-                &none,
-                &no_time,
-                &no_id,
-            ],
-        )
-        .await
-        .unwrap()
-    }
     // An open claim's backend, ended from another session: its rows are free again.
-    assert_eq!(claim(&client).await.len(), 2);
+    assert_eq!(begin_claim(&client, 10).await.len(), 2);
     let backend = client.query_one(pgc::sql::BACKEND, &[]).await.unwrap();
     let (pid, started): (i32, chrono::DateTime<chrono::Utc>) = (backend.get(0), backend.get(1));
     let ended = other
@@ -1600,7 +1585,7 @@ async fn a_lost_claim_is_ended_and_read_back_by_its_span_ids() {
             .unwrap()
             .is_empty()
     );
-    let rows = claim(&other).await;
+    let rows = begin_claim(&other, 10).await;
     assert_eq!(rows.len(), 2, "the ended claim's rows are free");
     let worker = Uuid::new_v4();
     let (a, b) = (rows[0].get::<_, Uuid>(0), rows[1].get::<_, Uuid>(0));
